@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""Prefill attention kernels side by side on one GPU: sage_attn vs cuDNN / flash SDPA,
+SageAttention 1.0.6 and SGLang's Triton extend kernel (bf16, causal, GQA).
+
+Every backend computes the same problem from the same random inputs:
+
+* a batch of B sequences of L total tokens each; with a prefix fraction f the first p = f·L tokens
+  are already in the KV cache, the queries are the last Lq = L - p tokens, the keys/values all L
+  tokens, and the causal mask is aligned to the end (query i sees keys 0..p+i);
+* the KV cache is an SGLang-style pool ``[B·L + 1, Hkv, D]`` (slot 0 = the padding slot) addressed
+  through ``kv_indptr``/``kv_indices``; the dense backends get the same K/V gathered into
+  ``[B, H, L, D]`` outside the timed region.
+
+Timing: ``triton.testing.do_bench`` median (it clears the L2 cache between runs); the whole public
+call is timed (for sage_attn that includes K smoothing and INT8 quantization; for SageAttention
+1.0.6 its smoothing, quantization and V cast). Accuracy: cosine of each output vs an exact fp32
+attention on sampled query rows (first/last/evenly spaced rows of every sequence, all heads), and
+of sage_attn vs the first SDPA output on the full tensor. Results: JSON (written after every
+shape), markdown and PNG under ``benchmarks/results/<gpu>/``.
+
+Run (GPU machine): ``PYTHONPATH=/tmp/site python3 benchmarks/bench_kernels.py [--quick]``;
+re-render a JSON: ``python3 benchmarks/bench_kernels.py --render benchmarks/results/h200/kernels.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results as R
+
+DEFAULT_SAGE_KERNEL = R.REPO_ROOT / "overlay/sglang/srt/layers/attention/sage_attn/kernels.py"
+# name -> (q heads, kv heads, head dim)
+GEOMETRIES: dict[str, tuple[int, int, int]] = {"llama3-8b": (32, 8, 128), "smollm2": (9, 3, 64)}
+# rough throughput guesses (TFLOPS) for the printed time estimate only
+_EST_TFLOPS = {"sage": 400.0, "cudnn": 450.0, "flash": 300.0, "sageattn": 300.0, "triton_extend": 120.0}
+FATAL_MARKERS = ("illegal memory access", "unspecified launch failure", "device-side assert",
+                 "CUDA error: an illegal", "misaligned address")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmarked problem."""
+
+    geometry: str
+    hq: int
+    hkv: int
+    d: int
+    batch: int
+    seq_len: int
+    prefix_frac: float
+
+    @property
+    def prefix(self) -> int:
+        """Cached prefix tokens per sequence."""
+        return round(self.seq_len * self.prefix_frac)
+
+    @property
+    def lq(self) -> int:
+        """New (query) tokens per sequence."""
+        return self.seq_len - self.prefix
+
+    @property
+    def flops(self) -> float:
+        """Causal FLOPs (see _results.causal_flops)."""
+        return R.causal_flops(self.batch, self.hq, self.d, self.lq, self.seq_len)
+
+    def label(self) -> str:
+        """Short printable name."""
+        return (f"{self.geometry} B={self.batch} L={R.fmt_len(self.seq_len)} "
+                f"prefix={round(self.prefix_frac * 100)}%")
+
+
+# ------------------------------------------------------------------------------------------------
+# planning
+# ------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="small sweep (L=4K,16K, B=1, both geometries and prefixes; shorter timing)")
+    ap.add_argument("--lengths", default=None, help="total tokens per sequence, comma list "
+                    "(default 1024,4096,16384,32768,65536; quick 4096,16384)")
+    ap.add_argument("--batches", default=None, help="batch sizes (default 1,8; quick 1)")
+    ap.add_argument("--prefix", default="0,0.5", help="prefix fractions of L (default 0,0.5)")
+    ap.add_argument("--geometries", default=",".join(GEOMETRIES), help=f"subset of {list(GEOMETRIES)}")
+    ap.add_argument("--backends", default=",".join(R.KERNEL_BACKENDS), help=f"subset of {R.KERNEL_BACKENDS}")
+    ap.add_argument("--max-batch-tokens", type=int, default=131072,
+                    help="skip shapes with B*L above this (default 131072: B=8 up to 16K)")
+    ap.add_argument("--warmup", type=float, default=None, help="do_bench warmup ms (default 25; quick 10)")
+    ap.add_argument("--rep", type=float, default=None, help="do_bench rep ms (default 100; quick 40)")
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="stop starting new shapes after this many seconds (default 420)")
+    ap.add_argument("--sage-kernel", default=str(DEFAULT_SAGE_KERNEL), help="path of sage_attn kernels.py")
+    ap.add_argument("--ref-rows", type=int, default=256, help="reference query rows per sequence at B=1 "
+                    "(divided by B, at least 32)")
+    ap.add_argument("--k-bias", type=float, default=1.0,
+                    help="std of a per-(kv head, channel) offset added to K (LLM-like outlier channels)")
+    ap.add_argument("--shuffle-slots", action="store_true", help="random KV pool slot order (default: "
+                    "each sequence in consecutive slots, as a fresh SGLang pool hands them out)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/<gpu-slug>")
+    ap.add_argument("--stem", default=None, help="output file stem (default kernels / kernels_quick)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="only re-render md/png from a result JSON")
+    args = ap.parse_args(argv)
+    args.lengths = args.lengths or ("4096,16384" if args.quick else "1024,4096,16384,32768,65536")
+    args.batches = args.batches or ("1" if args.quick else "1,8")
+    args.warmup = args.warmup if args.warmup is not None else (10.0 if args.quick else 25.0)
+    args.rep = args.rep if args.rep is not None else (40.0 if args.quick else 100.0)
+    args.stem = args.stem or ("kernels_quick" if args.quick else "kernels")
+    return args
+
+
+def _ints(s: str) -> list[int]:
+    return [int(float(x)) for x in s.split(",") if x.strip()]
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def plan_shapes(args: argparse.Namespace) -> tuple[list[Shape], list[str]]:
+    """The shapes to run (most important first) and the notes about shapes left out."""
+    shapes: list[Shape] = []
+    notes: list[str] = []
+    for geo in [g.strip() for g in args.geometries.split(",") if g.strip()]:
+        if geo not in GEOMETRIES:
+            notes.append(f"unknown geometry {geo!r} ignored")
+            continue
+        hq, hkv, d = GEOMETRIES[geo]
+        for pf in _floats(args.prefix):
+            for b in _ints(args.batches):
+                for L in _ints(args.lengths):
+                    s = Shape(geo, hq, hkv, d, b, L, pf)
+                    if b * L > args.max_batch_tokens:
+                        notes.append(f"left out {s.label()}: B*L={b * L} > --max-batch-tokens "
+                                     f"{args.max_batch_tokens}")
+                        continue
+                    if s.lq <= 0:
+                        notes.append(f"left out {s.label()}: no query tokens")
+                        continue
+                    shapes.append(s)
+    return shapes, notes
+
+
+def estimate_seconds(shape: Shape, backends: list[str], warmup: float, rep: float) -> float:
+    """Very rough wall-time guess for one shape (for the printed plan only)."""
+    total = 1.0  # inputs + reference
+    for b in backends:
+        if b == "sageattn" and shape.prefix > 0:
+            continue
+        t = shape.flops / (_EST_TFLOPS.get(b, 200.0) * 1e12)
+        total += (warmup + rep) / 1e3 + 8 * t + 0.3
+    return total
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs, reference, comparison
+# ------------------------------------------------------------------------------------------------
+def make_inputs(shape: Shape, seed: int, k_bias: float, shuffle: bool) -> dict[str, Any]:
+    """Random bf16 inputs in SGLang's paged layout plus dense copies for the other backends."""
+    import torch
+
+    dev = torch.device("cuda")
+    dt = torch.bfloat16
+    B, L, p, lq = shape.batch, shape.seq_len, shape.prefix, shape.lq
+    g = torch.Generator(device=dev)
+    g.manual_seed(seed)
+    n_tok = B * L
+    pool = n_tok + 1  # slot 0: SGLang's padding slot (random too: never zeros)
+    k_pool = torch.randn(pool, shape.hkv, shape.d, generator=g, device=dev, dtype=torch.float32)
+    k_pool += k_bias * torch.randn(1, shape.hkv, shape.d, generator=g, device=dev, dtype=torch.float32)
+    k_pool = k_pool.to(dt)
+    v_pool = torch.randn(pool, shape.hkv, shape.d, generator=g, device=dev, dtype=dt)
+    q = torch.randn(B * lq, shape.hq, shape.d, generator=g, device=dev, dtype=dt)
+    if shuffle:
+        slots = torch.randperm(n_tok, generator=g, device=dev) + 1
+    else:
+        slots = torch.arange(1, pool, device=dev)
+    slots = slots.view(B, L).to(torch.int64)
+    ar = torch.arange(B + 1, device=dev, dtype=torch.int32)
+    inp: dict[str, Any] = {
+        "q": q, "k_pool": k_pool, "v_pool": v_pool, "slots": slots,
+        "qo_indptr": ar * lq, "kv_indptr": ar * L, "kv_indices": slots.reshape(-1).contiguous(),
+        "prefix_indptr": ar * p, "prefix_indices": slots[:, :p].reshape(-1).contiguous(),
+    }
+    ext = slots[:, p:].reshape(-1)
+    inp["k_ext"] = k_pool[ext].contiguous()
+    inp["v_ext"] = v_pool[ext].contiguous()
+    k_seq = k_pool[slots]  # [B, L, Hkv, D]
+    v_seq = v_pool[slots]
+    inp["k_seq"], inp["v_seq"] = k_seq, v_seq
+    inp["q_hnd"] = q.view(B, lq, shape.hq, shape.d).transpose(1, 2).contiguous()
+    inp["k_hnd"] = k_seq.transpose(1, 2).contiguous()
+    inp["v_hnd"] = v_seq.transpose(1, 2).contiguous()
+    return inp
+
+
+def pick_rows(lq: int, n: int) -> list[int]:
+    """Query rows checked against the reference: the first and last quarter-budget, rest spread."""
+    if lq <= n:
+        return list(range(lq))
+    edge = max(1, n // 4)
+    mid = n - 2 * edge
+    rows = set(range(edge)) | set(range(lq - edge, lq))
+    rows |= {round(x) for x in (edge + i * (lq - 2 * edge - 1) / max(1, mid - 1) for i in range(mid))}
+    return sorted(r for r in rows if 0 <= r < lq)
+
+
+def exact_reference(q: Any, k_seq: Any, v_seq: Any, shape: Shape, rows: list[int], sm_scale: float) -> Any:
+    """fp32 attention for the given query rows of every sequence: [B, R, Hq, D]."""
+    import torch
+
+    B, lq, p = shape.batch, shape.lq, shape.prefix
+    grp = shape.hq // shape.hkv
+    qv = q.view(B, lq, shape.hq, shape.d)
+    ridx = torch.tensor(rows, device=q.device)
+    pos = ridx + p  # absolute positions of the rows
+    keys = torch.arange(shape.seq_len, device=q.device)
+    masked = keys[None, :] > pos[:, None]  # [R, L]
+    out = torch.empty(B, len(rows), shape.hq, shape.d, device=q.device, dtype=torch.float32)
+    for b in range(B):
+        qb = qv[b, ridx].float()  # [R, Hq, D]
+        for h in range(shape.hkv):
+            kb = k_seq[b, :, h].float()  # [L, D]
+            vb = v_seq[b, :, h].float()
+            qh = qb[:, h * grp:(h + 1) * grp].transpose(0, 1)  # [grp, R, D]
+            s = torch.matmul(qh, kb.t()) * sm_scale  # [grp, R, L]
+            s.masked_fill_(masked[None], float("-inf"))
+            out[b, :, h * grp:(h + 1) * grp] = torch.matmul(torch.softmax(s, dim=-1), vb).transpose(0, 1)
+            del s
+    return out
+
+
+def compare_rows(out_packed: Any, shape: Shape, rows: list[int], ref: Any) -> dict[str, Any]:
+    """Cosine / min row-head cosine / relative L2 / max abs error of a packed output vs the reference."""
+    import torch
+
+    o = out_packed.reshape(shape.batch, shape.lq, shape.hq, shape.d)
+    sel = o[:, torch.tensor(rows, device=o.device)].float()
+    finite = bool(torch.isfinite(sel).all())
+    if not finite:
+        return {"cos": None, "min_cos": None, "rel_l2": None, "max_abs": None, "finite": False}
+    a, b = sel.flatten().double(), ref.flatten().double()
+    cos = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
+    per = torch.nn.functional.cosine_similarity(sel.reshape(-1, shape.d), ref.reshape(-1, shape.d), dim=-1)
+    return {"cos": cos, "min_cos": float(per.min()), "rel_l2": float((a - b).norm() / b.norm().clamp_min(1e-30)),
+            "max_abs": float((sel - ref).abs().max()), "finite": True}
+
+
+def full_cosine(a: Any, b: Any, chunk: int = 1 << 24) -> float:
+    """Cosine of two same-shape tensors over all elements, in chunks (fp64 sums)."""
+    import torch
+
+    af, bf = a.reshape(-1), b.reshape(-1)
+    dot = na = nb = 0.0
+    for i in range(0, af.numel(), chunk):
+        x, y = af[i:i + chunk].double(), bf[i:i + chunk].double()
+        dot += float(torch.dot(x, y))
+        na += float(torch.dot(x, x))
+        nb += float(torch.dot(y, y))
+    return dot / max(math.sqrt(na * nb), 1e-300)
+
+
+# ------------------------------------------------------------------------------------------------
+# backends
+# ------------------------------------------------------------------------------------------------
+class Unavailable(Exception):
+    """A backend cannot run this shape; the message is the recorded reason."""
+
+
+def load_sage(path: str) -> Callable[..., Any]:
+    """Import ``sage_extend_attention`` from kernels.py by file path (works without SGLang)."""
+    p = Path(path)
+    if not p.is_file():
+        raise Unavailable(f"sage kernel file not found: {p}")
+    spec = importlib.util.spec_from_file_location("sage_attn_kernels_bench", p)
+    if spec is None or spec.loader is None:
+        raise Unavailable(f"cannot import {p}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    fn = getattr(mod, "sage_extend_attention", None)
+    if fn is None:
+        raise Unavailable(f"{p} has no sage_extend_attention")
+    return fn
+
+
+def _sdpa_backend(name: str) -> Any:
+    from torch.nn.attention import SDPBackend
+
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[name]
+
+
+def _dense_mask(lq: int, lkv: int, dtype: Any, device: Any) -> Any:
+    """Additive bottom-right causal mask [1, 1, lq, lkv] (0 allowed, -inf masked)."""
+    import torch
+
+    q_pos = torch.arange(lq, device=device)[:, None] + (lkv - lq)
+    k_pos = torch.arange(lkv, device=device)[None, :]
+    m = torch.zeros(lq, lkv, dtype=dtype, device=device)
+    m.masked_fill_(k_pos > q_pos, float("-inf"))
+    return m.view(1, 1, lq, lkv)
+
+
+def build_sdpa_fn(name: str, method: str, gqa_native: bool, q: Any, k: Any, v: Any,
+                  sm_scale: float) -> Callable[[], Any]:
+    """A zero-arg call of F.scaled_dot_product_attention (run it inside ``sdpa_kernel``)."""
+    import torch.nn.functional as F
+
+    lq, lkv = q.shape[2], k.shape[2]
+    grp = q.shape[1] // k.shape[1]
+    if not gqa_native and grp > 1:
+        k = k.repeat_interleave(grp, dim=1)
+        v = v.repeat_interleave(grp, dim=1)
+    kw: dict[str, Any] = {"scale": sm_scale}
+    if gqa_native and grp > 1:
+        kw["enable_gqa"] = True
+    if method == "is_causal":
+        kw["is_causal"] = True
+    elif method == "lower_right":
+        from torch.nn.attention.bias import causal_lower_right
+
+        kw["attn_mask"] = causal_lower_right(lq, lkv)
+    elif method == "dense_mask":
+        kw["attn_mask"] = _dense_mask(lq, lkv, q.dtype, q.device)
+    else:
+        raise ValueError(method)
+
+    def fn() -> Any:
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+
+    return fn
+
+
+_PROBES: dict[tuple[Any, ...], tuple[tuple[str, bool] | None, list[str]]] = {}
+
+
+def probe_sdpa(name: str, shape: Shape, sm_scale: float) -> tuple[tuple[str, bool] | None, list[str]]:
+    """Find a (mask method, native GQA) combination for which this SDPA backend gives the right
+    bottom-right causal result, checked on a small problem of the same geometry (cached).
+
+    torch's ``is_causal`` is documented as top-left; ``causal_lower_right`` dispatches straight to
+    the flash/efficient kernels (bypassing cuDNN), so cuDNN with a prefix falls back to a dense
+    additive mask, which is correct but no fair speed baseline (flagged ``mask_method``).
+    """
+    import torch
+    from torch.nn.attention import sdpa_kernel
+
+    key = (name, shape.hq, shape.hkv, shape.d, shape.prefix > 0)
+    if key in _PROBES:
+        return _PROBES[key]
+    if shape.prefix > 0:
+        methods = ["is_causal", "lower_right"] if name == "flash" else ["is_causal", "dense_mask"]
+    else:
+        methods = ["is_causal"]
+    small = Shape(shape.geometry, shape.hq, shape.hkv, shape.d, 1, 512, 0.5 if shape.prefix > 0 else 0.0)
+    inp = make_inputs(small, 1234, 1.0, False)
+    rows = list(range(small.lq))
+    ref = exact_reference(inp["q"], inp["k_seq"], inp["v_seq"], small, rows, sm_scale)
+    notes: list[str] = []
+    choice = None
+    for method in methods:
+        for native in (True, False):
+            try:
+                fn = build_sdpa_fn(name, method, native, inp["q_hnd"], inp["k_hnd"], inp["v_hnd"], sm_scale)
+                with sdpa_kernel([_sdpa_backend(name)]):
+                    o = fn()
+                torch.cuda.synchronize()
+                packed = o.transpose(1, 2).reshape(-1, small.hq, small.d)
+                c = compare_rows(packed, small, rows, ref)["cos"]
+                if c is not None and c >= 0.999:
+                    choice = (method, native)
+                    notes.append(f"{method}/{'native' if native else 'expanded'} GQA: ok (cos {c:.5f})")
+                    break
+                notes.append(f"{method}/{'native' if native else 'expanded'} GQA: wrong result "
+                             f"(cos {R.fmt(c, '.4f')}: not bottom-right causal)")
+            except Exception as exc:  # noqa: BLE001
+                notes.append(f"{method}/{'native' if native else 'expanded'} GQA: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        if choice:
+            break
+    _PROBES[key] = (choice, notes)
+    return choice, notes
+
+
+def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float,
+                 ctx: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[Any], Any], dict[str, Any], Any]:
+    """(fn, to_packed, info, context manager factory) for one backend; raises Unavailable."""
+    import contextlib
+
+    import torch
+
+    B, L, lq = shape.batch, shape.seq_len, shape.lq
+    info: dict[str, Any] = {}
+    null = contextlib.nullcontext
+    if name == "sage":
+        sage = ctx.get("sage")
+        if sage is None:
+            raise Unavailable(ctx.get("sage_error", "sage kernel not loaded"))
+        out = torch.empty_like(inp["q"])
+        args = (inp["q"], inp["k_pool"], inp["v_pool"], inp["qo_indptr"], inp["kv_indptr"],
+                inp["kv_indices"], lq, L, sm_scale)
+
+        def fn() -> Any:
+            return sage(*args, causal=True, out=out)
+
+        return fn, (lambda o: out if o is None else o), info, null
+    if name in ("cudnn", "flash"):
+        from torch.nn.attention import sdpa_kernel
+
+        choice, notes = probe_sdpa(name, shape, sm_scale)
+        info["probe"] = notes
+        if choice is None:
+            raise Unavailable(f"no correct bottom-right causal call found: {'; '.join(notes)}")
+        method, native = choice
+        info["mask_method"] = method
+        info["gqa"] = "native" if native else "expanded outside timing"
+        fn = build_sdpa_fn(name, method, native, inp["q_hnd"], inp["k_hnd"], inp["v_hnd"], sm_scale)
+        be = _sdpa_backend(name)
+        return fn, (lambda o: o.transpose(1, 2).reshape(B * lq, shape.hq, shape.d)), info, \
+            (lambda: sdpa_kernel([be]))
+    if name == "sageattn":
+        sa = ctx.get("sageattn")
+        if sa is None:
+            raise Unavailable(ctx.get("sageattn_error", "sageattention not importable"))
+        if shape.prefix > 0:
+            raise Unavailable("sageattention 1.0.6 causal mask is top-left aligned (requires Lq == Lkv); "
+                              "prefix > 0 unsupported")
+        q4 = inp["q"].view(B, lq, shape.hq, shape.d)
+        k4 = inp["k_seq"].clone()  # smooth_k subtracts the mean from k IN PLACE: own copy
+        v4 = inp["v_seq"]
+        info["note"] = "NHD layout; smooth_k=True on a private K copy (re-smoothing is idempotent)"
+
+        def fn() -> Any:
+            return sa(q4, k4, v4, tensor_layout="NHD", is_causal=True, sm_scale=sm_scale, smooth_k=True)
+
+        return fn, (lambda o: o.reshape(B * lq, shape.hq, shape.d)), info, null
+    if name == "triton_extend":
+        ext = ctx.get("triton_extend")
+        if ext is None:
+            raise Unavailable(ctx.get("triton_extend_error", "sglang extend_attention_fwd not importable"))
+        out = torch.empty_like(inp["q"])
+        qo = inp["qo_indptr"].to(torch.int64)  # as SGLang's triton backend passes them
+        args = (inp["q"], inp["k_ext"], inp["v_ext"], out, inp["k_pool"], inp["v_pool"], qo,
+                inp["prefix_indptr"], inp["prefix_indices"], None, True, None, lq, 1.0, 1.0)
+        info["note"] = "new tokens' K/V passed separately, prefix via kv_indptr/kv_indices (as SGLang)"
+
+        def fn() -> Any:
+            return ext(*args, sm_scale=sm_scale)
+
+        return fn, (lambda o: out), info, null
+    raise Unavailable(f"unknown backend {name}")
+
+
+def init_backends(args: argparse.Namespace, wanted: list[str]) -> dict[str, Any]:
+    """Import the optional backends once; record why one is missing."""
+    ctx: dict[str, Any] = {}
+    if "sage" in wanted:
+        try:
+            ctx["sage"] = load_sage(args.sage_kernel)
+        except Exception as exc:  # noqa: BLE001
+            ctx["sage_error"] = f"{type(exc).__name__}: {exc}"
+    if "sageattn" in wanted:
+        try:
+            from sageattention import sageattn
+
+            ctx["sageattn"] = sageattn
+        except Exception as exc:  # noqa: BLE001
+            ctx["sageattn_error"] = f"import sageattention failed ({type(exc).__name__}: {exc}); " \
+                                    "set PYTHONPATH=/tmp/site"
+    if "triton_extend" in wanted:
+        try:
+            from sglang.kernels.ops.attention.extend_attention import (
+                extend_attention_fwd,
+            )
+
+            ctx["triton_extend"] = extend_attention_fwd
+        except Exception as exc:  # noqa: BLE001
+            ctx["triton_extend_error"] = f"import sglang extend_attention_fwd failed " \
+                                         f"({type(exc).__name__}: {exc}); set PYTHONPATH=/tmp/site"
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------------
+# main loop
+# ------------------------------------------------------------------------------------------------
+def _short_exc(exc: BaseException) -> str:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return (f"{type(exc).__name__}: {str(exc)[:600]} | " + "".join(tb[-3:])[-900:]).strip()
+
+
+def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: dict[str, Any],
+              seed: int) -> tuple[dict[str, Any], bool]:
+    """Benchmark every backend on one shape. Returns (record, fatal_cuda_error)."""
+    import torch
+    import triton
+
+    sm_scale = 1.0 / math.sqrt(shape.d)
+    rec: dict[str, Any] = {**asdict(shape), "prefix": shape.prefix, "lq": shape.lq, "lkv": shape.seq_len,
+                           "flops": shape.flops, "seed": seed, "backends": {}}
+    fatal = False
+    t0 = time.time()
+    inp = make_inputs(shape, seed, args.k_bias, args.shuffle_slots)
+    rows = pick_rows(shape.lq, max(32, args.ref_rows // shape.batch))
+    ref = exact_reference(inp["q"], inp["k_seq"], inp["v_seq"], shape, rows, sm_scale)
+    rec["ref_rows_per_seq"] = len(rows)
+    sdpa_out = None
+    sdpa_from = None
+    for name in backends:
+        entry: dict[str, Any] = {"status": "error"}
+        rec["backends"][name] = entry
+        if fatal:
+            entry.update(status="skipped", reason="earlier fatal CUDA error in this process")
+            continue
+        t_b = time.time()
+        try:
+            fn, to_packed, info, cm = make_backend(name, shape, inp, sm_scale, ctx)
+            entry.update(info)
+            with cm():
+                o = fn()
+                torch.cuda.synchronize()
+                packed = to_packed(o)
+                entry.update(compare_rows(packed, shape, rows, ref))
+                if name in ("cudnn", "flash") and sdpa_out is None:
+                    sdpa_out, sdpa_from = packed, name
+                elif sdpa_out is not None:
+                    entry["cos_vs_sdpa"] = full_cosine(packed, sdpa_out)
+                    entry["sdpa_ref"] = sdpa_from
+                del o, packed
+                ms = triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
+            entry.update(status="ok", ms=float(ms), tflops=shape.flops / (ms * 1e-3) / 1e12)
+        except Unavailable as exc:
+            entry.update(status="skipped", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            msg = _short_exc(exc)
+            entry.update(status="error", error=msg)
+            if any(m in msg for m in FATAL_MARKERS):
+                fatal = True
+            if isinstance(exc, torch.OutOfMemoryError):
+                entry["error"] = "CUDA OOM: " + msg
+        finally:
+            entry["wall_s"] = round(time.time() - t_b, 2)
+            if not fatal:
+                try:
+                    torch.cuda.synchronize()
+                except Exception as exc:  # noqa: BLE001
+                    fatal = True
+                    entry.setdefault("error", _short_exc(exc))
+    rec["ratios"] = R.kernel_ratios(rec["backends"])
+    rec["wall_s"] = round(time.time() - t0, 2)
+    del inp, ref, sdpa_out
+    if not fatal:
+        torch.cuda.empty_cache()
+    return rec, fatal
+
+
+def _line(rec: dict[str, Any], backends: list[str]) -> str:
+    cells = []
+    for n in backends:
+        e = rec["backends"].get(n, {})
+        if e.get("status") == "ok":
+            cells.append(f"{n}={e['ms']:.3f}ms/{e['tflops']:.0f}TF/cos{R.fmt(e.get('cos'), '.4f')}")
+        else:
+            cells.append(f"{n}={e.get('status', '?').upper()}")
+    ra = rec["ratios"]
+    return (" | ".join(cells) + f" || sage/cudnn={R.fmt(ra.get('sage_vs_cudnn'))}x "
+            f"sage/triton={R.fmt(ra.get('sage_vs_triton_extend'))}x ({rec['wall_s']:.1f}s)")
+
+
+def render_only(path: str) -> int:
+    """Re-render markdown/PNG from an existing kernel JSON."""
+    doc = R.load_json(path)
+    if doc is None:
+        R.log(f"cannot read {path}")
+        return 2
+    doc["targets"] = R.evaluate_kernel_targets(doc.get("results", []))
+    p = Path(path)
+    paths = R.write_reports(doc, p.parent, p.stem)
+    R.log("\n".join(R.target_lines(doc["targets"])))
+    R.log(f"wrote {paths}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    if args.render:
+        return render_only(args.render)
+    t_start = time.time()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in R.KERNEL_BACKENDS]
+    if bad:
+        R.log(f"unknown backends {bad}; choose from {R.KERNEL_BACKENDS}")
+        return 2
+    shapes, notes = plan_shapes(args)
+    est = sum(estimate_seconds(s, backends, args.warmup, args.rep) for s in shapes)
+    R.log(f"[plan] {len(shapes)} shapes x backends {backends}; do_bench warmup={args.warmup}ms "
+          f"rep={args.rep}ms; budget {args.budget_s:.0f}s; rough estimate ~{est:.0f}s + compile "
+          f"(~10-60s)")
+    for s in shapes:
+        R.log(f"[plan]   {s.label():<36} Lq={s.lq:<6} Lkv={s.seq_len:<6} "
+              f"{s.flops / 1e12:8.2f} TFLOP/call  ~{estimate_seconds(s, backends, args.warmup, args.rep):.1f}s")
+    for n in notes:
+        R.log(f"[plan]   {n}")
+
+    import torch
+
+    if not torch.cuda.is_available():
+        R.log("no CUDA device: nothing to benchmark")
+        return 2
+    env = R.capture_env(extra_files={"sage_kernels.py": args.sage_kernel, "bench_kernels.py": __file__,
+                                     "_results.py": R.__file__})
+    out_dir = Path(args.out_dir) if args.out_dir else R.RESULTS_ROOT / env["gpu_slug"]
+    cfg = {k: v for k, v in vars(args).items() if k not in ("render",)}
+    doc = {"kind": "kernels", "env": env, "config": cfg, "notes": list(notes), "results": []}
+    rf = R.ResultsFile(out_dir / f"{args.stem}.json", doc)
+    R.log(f"[env] {env.get('gpu')} driver {env.get('driver')} torch {env.get('torch')} "
+          f"triton {env.get('triton')} sglang {env['versions'].get('sglang')} -> {rf.path}")
+    ctx = init_backends(args, backends)
+    for k in ("sage_error", "sageattn_error", "triton_extend_error"):
+        if k in ctx:
+            R.log(f"[warn] {ctx[k]}")
+            rf.doc["notes"].append(ctx[k])
+    fatal = False
+    for i, s in enumerate(shapes):
+        elapsed = time.time() - t_start
+        if fatal or elapsed > args.budget_s:
+            why = "earlier fatal CUDA error" if fatal else f"time budget {args.budget_s:.0f}s used up"
+            rf.add({**asdict(s), "prefix": s.prefix, "lq": s.lq, "lkv": s.seq_len, "flops": s.flops,
+                    "backends": {b: {"status": "skipped", "reason": why} for b in backends},
+                    "ratios": {}, "skipped": why})
+            R.log(f"[{i + 1}/{len(shapes)}] {s.label()}: SKIPPED ({why})")
+            continue
+        R.log(f"[{i + 1}/{len(shapes)}] {s.label()} (t={elapsed:.0f}s) ...")
+        try:
+            rec, fatal = run_shape(s, args, backends, ctx, args.seed + i)
+        except Exception as exc:  # noqa: BLE001 - e.g. OOM while making inputs
+            msg = _short_exc(exc)
+            fatal = any(m in msg for m in FATAL_MARKERS)
+            rec = {**asdict(s), "prefix": s.prefix, "lq": s.lq, "lkv": s.seq_len, "flops": s.flops,
+                   "backends": {b: {"status": "error", "error": f"shape setup failed: {msg}"} for b in backends},
+                   "ratios": {}}
+            try:
+                torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001
+                fatal = True
+        rf.add(rec)
+        R.log(f"    {_line(rec, backends)}")
+        rf.doc["targets"] = R.evaluate_kernel_targets(rf.doc["results"])
+        rf.save()
+    rf.doc["targets"] = R.evaluate_kernel_targets(rf.doc["results"])
+    rf.doc["total_wall_s"] = round(time.time() - t_start, 1)
+    paths = R.write_reports(rf.doc, out_dir, args.stem)
+    R.log("[targets] (issue #5: sage >= 1.3x cuDNN and >= 4x SGLang triton extend at 16K-32K)")
+    for line in R.target_lines(rf.doc["targets"]) or ["N/A  no shape with L in 16K-32K was run"]:
+        R.log("  " + line)
+    R.log(f"[done] {rf.doc['total_wall_s']}s; wrote {paths}")
+    return 3 if fatal else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
