@@ -1,0 +1,223 @@
+"""``sage_attn``: 8-bit SageAttention for SGLang's prefill and extend, over the paged KV cache.
+
+* Prefill, extend with a cached prefix (radix hit), chunked prefill and mixed batches run the
+  8-bit Triton kernels of ``sage_attn.kernels``: Q and K in INT8 (K smoothed by its per-sequence
+  mean), P·V in fp16, causal mask aligned to the end of each sequence. K and V are read from the KV
+  pool in place through ``req_to_token``; only SGLang's ``set_kv_buffer`` writes the pool.
+* Decode is memory-bound (one query per sequence), where 8-bit QK buys nothing: it is delegated to
+  an existing decode backend, flashinfer by default (``SGLANG_SAGE_DECODE_BACKEND=triton`` to
+  change), including its CUDA-graph capture and replay. When SGLang's hybrid mode already gives
+  decode to another backend (``--decode-attention-backend``), none is built here.
+* Unsupported settings are refused at start (``support.check_supported``); nothing falls back.
+* Per-path counters (``sage_attn.stats``) prove which kernels ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.layers.attention.sage_attn.kernels import (
+    kernel_config,
+    sage_extend_attention_planned,
+)
+from sglang.srt.layers.attention.sage_attn.plan import SagePlan, build_plan
+from sglang.srt.layers.attention.sage_attn.stats import SageStats
+from sglang.srt.layers.attention.sage_attn.support import (
+    SageAttnUnsupported,
+    check_supported,
+)
+from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
+from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+if TYPE_CHECKING:
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+DECODE_BACKEND_ENV = "SGLANG_SAGE_DECODE_BACKEND"
+BACKEND_NAME = "sage_attn"
+
+
+@dataclass
+class SageForwardMetadata:
+    """Built once per extend batch in ``init_forward_metadata``; read by every layer."""
+
+    plan: SagePlan
+    # int64 [B]: offset of each request's row in the flattened req_to_token table
+    slot_row_off: torch.Tensor
+    # counter names for this batch's path
+    batch_counter: str
+    layer_counter: str
+
+
+def _default_decode_backend() -> str:
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return "triton"
+    return "flashinfer"
+
+
+class SageAttnBackend(AttentionBackend):
+    """8-bit prefill/extend; decode delegated to an existing backend (see module docstring)."""
+
+    def __init__(self, model_runner: ModelRunner):
+        super().__init__()
+        check_supported(model_runner)
+        self.device = model_runner.device
+        self.req_to_token = model_runner.req_to_token_pool.req_to_token
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        self.head_dim = model_runner.model_config.head_dim
+        self.tile = kernel_config(self.head_dim)
+        self.forward_metadata: Optional[SageForwardMetadata] = None
+        self._checked_layers: set[int] = set()
+
+        _, decode_name = model_runner.server_args.get_attention_backends()
+        self.decode_backend: Optional[AttentionBackend] = None
+        if decode_name == BACKEND_NAME:
+            decode_name = os.environ.get(DECODE_BACKEND_ENV) or _default_decode_backend()
+            if decode_name == BACKEND_NAME:
+                raise SageAttnUnsupported(f"{DECODE_BACKEND_ENV} must name another backend, not {BACKEND_NAME}")
+            from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+            if decode_name not in ATTENTION_BACKENDS:
+                raise SageAttnUnsupported(
+                    f"{DECODE_BACKEND_ENV}={decode_name!r} is not a registered attention backend"
+                )
+            self.decode_backend = ATTENTION_BACKENDS[decode_name](model_runner)
+            decode_desc = f"{decode_name} (delegated, CUDA graphs by {decode_name})"
+        else:
+            decode_desc = f"{decode_name} (SGLang hybrid mode)"
+        self.decode_backend_name = decode_name
+        self.stats = SageStats(decode_name, tp_rank=getattr(model_runner, "tp_rank", 0))
+        self.stats.publish()
+        logger.info(
+            "sage_attn: prefill/extend = 8-bit Triton kernels (INT8 Q/K with K smoothing, fp16 P·V, "
+            "tiles %s); decode = %s",
+            self.tile,
+            decode_desc,
+        )
+
+    # ---- metadata -------------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch: ForwardBatch):
+        mode = forward_batch.forward_mode
+        if mode.is_decode_or_idle():
+            self._decode().init_forward_metadata(forward_batch)
+            if mode.is_decode():
+                self.stats.batch_done("decode_batches")
+            return
+        if not mode.is_extend() or mode.is_target_verify():
+            raise SageAttnUnsupported(f"sage_attn does not support forward mode {mode.name}")
+        self.forward_metadata = self._plan_extend(forward_batch)
+        self.stats.batch_done(self.forward_metadata.batch_counter)
+
+    def _plan_extend(self, forward_batch: ForwardBatch) -> SageForwardMetadata:
+        q_lens = forward_batch.extend_seq_lens_cpu
+        prefix_lens = forward_batch.extend_prefix_lens_cpu
+        if q_lens is None:  # not filled on some internal paths: read once per batch
+            q_lens = forward_batch.extend_seq_lens.tolist()
+        if prefix_lens is None:
+            prefix_lens = forward_batch.extend_prefix_lens.tolist()
+        q_lens = [int(x) for x in q_lens]
+        prefix_lens = [int(x) for x in prefix_lens]
+        kv_lens = [a + b for a, b in zip(q_lens, prefix_lens)]
+        plan = build_plan(q_lens, kv_lens, self.device, self.tile.block_m, self.tile.block_n)
+        slot_row_off = forward_batch.req_pool_indices.to(torch.int64) * self.req_to_token.stride(0)
+        with_prefix = any(p > 0 for p in prefix_lens)
+        kind = "extend_prefix_8bit" if with_prefix else "prefill_8bit"
+        return SageForwardMetadata(plan, slot_row_off, f"{kind}_batches", f"{kind}_layer_calls")
+
+    # CUDA graphs are captured for decode only, so these belong to the decode backend.
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        self._decode().init_cuda_graph_state(max_bs, max_num_tokens)
+
+    def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False):
+        self._decode().init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+        if not in_capture and forward_batch.forward_mode.is_decode():
+            self.stats.add("cuda_graph_decode_replays")
+            self.stats.batch_done("decode_batches")
+
+    def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch):
+        self._decode().init_forward_metadata_in_graph(forward_batch)
+
+    def get_cuda_graph_seq_len_fill_value(self):
+        return self._decode().get_cuda_graph_seq_len_fill_value()
+
+    def _decode(self) -> AttentionBackend:
+        if self.decode_backend is None:
+            raise SageAttnUnsupported(
+                f"decode was given to {self.decode_backend_name} by SGLang's hybrid mode; "
+                "sage_attn received a decode call it has no backend for"
+            )
+        return self.decode_backend
+
+    # ---- forward --------------------------------------------------------------------------
+    def _check_layer(self, layer: RadixAttention, kwargs: dict) -> None:
+        if kwargs.get("sinks") is not None or kwargs.get("score_mod") is not None:
+            raise SageAttnUnsupported("attention sinks / score_mod are not supported by sage_attn")
+        if layer.layer_id in self._checked_layers:
+            return
+        problems = []
+        if layer.is_cross_attention:
+            problems.append("cross-attention")
+        if layer.attn_type == AttentionType.ENCODER_ONLY:
+            problems.append("encoder-only attention")
+        if layer.logit_cap and layer.logit_cap > 0:
+            problems.append(f"logit soft-cap {layer.logit_cap}")
+        if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
+            problems.append(f"sliding window {layer.sliding_window_size}")
+        if layer.qk_head_dim != layer.v_head_dim:
+            problems.append(f"qk_head_dim {layer.qk_head_dim} != v_head_dim {layer.v_head_dim}")
+        if problems:
+            raise SageAttnUnsupported(f"layer {layer.layer_id}: {', '.join(problems)} not supported by sage_attn")
+        self._checked_layers.add(layer.layer_id)
+
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs,
+    ):
+        self._check_layer(layer, kwargs)
+        if k is not None and save_kv_cache:
+            # The kernels read every key (prefix and new) from the pool, so write the new ones first.
+            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        md = self.forward_metadata
+        hq, d = layer.tp_q_head_num, layer.qk_head_dim
+        o = q.new_empty((q.shape[0], hq * layer.v_head_dim))
+        sage_extend_attention_planned(
+            q.view(-1, hq, d),
+            self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+            self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+            md.plan,
+            self.req_to_token.view(-1),
+            md.slot_row_off,
+            layer.scaling,
+            causal=True,
+            out=o.view(-1, hq, layer.v_head_dim),
+        )
+        self.stats.add(md.layer_counter)
+        return o
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs,
+    ):
+        self.stats.add("decode_layer_calls")
+        return self._decode().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
