@@ -1,0 +1,95 @@
+"""Get a pinned SGLang without a git clone: the PyPI wheel, via `pip download`, cached on disk.
+
+The wheel carries exactly the Python sources of the release; unpacked under `python/` and
+committed, it is a git checkout the patches apply to (no compiled extensions, no pyproject:
+the 0.5.17 wheel has none). The same wheel unpacked as-is is an installed package.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from sglang_sage.errors import SageError
+
+GIT_ID = ["-c", "user.name=sglang-sage", "-c", "user.email=sglang-sage@localhost", "-c", "commit.gpgsign=false"]
+FIXED_DATE = "2000-01-01T00:00:00+00:00"
+
+
+def cache_dir() -> Path:
+    """`$SGLANG_SAGE_CACHE`, default ~/.cache/sglang-sage."""
+    return Path(os.environ.get("SGLANG_SAGE_CACHE") or Path.home() / ".cache" / "sglang-sage")
+
+
+def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    name, _, version = spec.partition("==")
+    pattern = f"{name}-{version}.tar.gz" if sdist else f"{name}-{version}-*.whl"
+    hits = sorted(dest.glob(pattern))
+    if hits:
+        return hits[-1]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest), spec]
+    cmd[5:5] = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    hits = sorted(dest.glob(pattern))
+    if proc.returncode != 0 or not hits:
+        raise SageError(
+            f"could not download {spec} from PyPI ({' '.join(cmd)})",
+            code=1,
+            details=(proc.stderr or proc.stdout).strip().splitlines()[-5:],
+        )
+    return hits[-1]
+
+
+def wheel(version: str) -> Path:
+    """The sglang wheel for this interpreter (cached)."""
+    return _pip_download(f"sglang=={version}", cache_dir() / "wheels")
+
+
+def sdist(version: str) -> Path:
+    """The sglang sdist (cached); only releases up to 0.5.10.post1 have one."""
+    return _pip_download(f"sglang=={version}", cache_dir() / "sdists", sdist=True)
+
+
+def _git(cwd: Path, *args: str) -> None:
+    env = dict(os.environ, GIT_AUTHOR_DATE=FIXED_DATE, GIT_COMMITTER_DATE=FIXED_DATE)
+    proc = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SageError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}", code=1)
+
+
+def materialize_checkout(whl: Path, dest: Path, tag: str) -> Path:
+    """Wheel -> git checkout with `python/sglang/...` committed and tagged (sources only)."""
+    if dest.exists() and any(dest.iterdir()):
+        raise SageError(f"{dest}: exists and is not empty; refusing to overwrite it", code=4)
+    (dest / "python").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(whl) as zf:
+        for info in zf.infolist():
+            name = info.filename
+            if not name.startswith("sglang/") or name.endswith((".so", ".pyd")) or info.is_dir():
+                continue
+            zf.extract(info, dest / "python")
+    _git(dest, "init", "-q")
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-q", "-m", f"SGLang {tag} (python sources from the PyPI wheel {whl.name})")
+    _git(dest, "tag", tag)
+    _git(dest, "repack", "-adq")  # one pack file: copying the checkout stays cheap
+    return dest
+
+
+def materialize_installed(whl: Path, dest: Path) -> Path:
+    """Wheel -> a site-packages-like directory (package + dist-info), like pip would lay it out."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(whl) as zf:
+        zf.extractall(dest)
+    return dest
+
+
+def ensure_checkout(version: str, tag: str, dest: Path) -> Path:
+    """The default target of `apply.py` without --sglang-dir: `.sglang/<version>/` next to apply.py."""
+    if (dest / "python" / "sglang" / "__init__.py").is_file():
+        return dest
+    return materialize_checkout(wheel(version), dest, tag)

@@ -1,0 +1,65 @@
+"""Run the registered sage_attn attention tests on the GPU of the target python.
+
+No GPU is not a pass: it is reported and gets its own exit code, so CI on CPU can never
+mistake "not tested" for "tested".
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sglang_sage.layout import Layout, LayoutKind
+from sglang_sage.overlay import OVERLAY_DIR
+
+TEST_GLOB = "test/registered/attention/test_sage_attn*.py"
+_PROBE = (
+    "import sys\n"
+    "try:\n    import torch\nexcept Exception as e:\n    print('torch not importable: %s' % e); sys.exit(2)\n"
+    "ok = torch.cuda.is_available()\n"
+    "print('torch %s, cuda %s, %s' % (torch.__version__, torch.version.cuda, "
+    "torch.cuda.get_device_name(0) if ok else 'no CUDA device'))\n"
+    "sys.exit(0 if ok else 1)\n"
+)
+
+
+@dataclass
+class GpuProbe:
+    """Whether the target python sees a CUDA GPU, and what it said."""
+
+    available: bool
+    detail: str
+
+
+def probe(python: str) -> GpuProbe:
+    """`torch.cuda.is_available()` in the target interpreter (not ours: it may be another venv)."""
+    try:
+        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return GpuProbe(False, f"cannot run {python}: {exc}")
+    lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    detail = lines[-1] if lines else f"exit status {proc.returncode}"
+    return GpuProbe(proc.returncode == 0, detail)
+
+
+def test_files(layout: Layout, overlay_root: Path = OVERLAY_DIR) -> list[Path]:
+    """The registered tests: installed ones in a checkout, else straight from overlay/."""
+    base = layout.repo_root if layout.kind is LayoutKind.GIT_CHECKOUT and layout.repo_root else overlay_root
+    return sorted(base.glob(TEST_GLOB))
+
+
+@dataclass
+class TestRun:
+    """pytest's verdict."""
+
+    command: list[str]
+    returncode: int
+    output: str
+
+
+def run(layout: Layout, python: str, files: list[Path]) -> TestRun:
+    """pytest the files with the target python from the tree root (so `import sglang` is the patched one)."""
+    cmd = [python, "-m", "pytest", "-q", "-x", *map(str, files)]
+    proc = subprocess.run(cmd, cwd=layout.root, capture_output=True, text=True, check=False)
+    return TestRun(cmd, proc.returncode, (proc.stdout + proc.stderr)[-6000:])

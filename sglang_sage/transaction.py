@@ -1,0 +1,117 @@
+"""All-or-nothing file changes: snapshot before the first write, restore on any failure.
+
+`git apply` is atomic per invocation, but an apply run is several steps (patches, pyproject
+edit, overlay, state file). A Ctrl-C or a failing step between them must leave the tree
+exactly as it was, so every file is snapshotted before anything touches it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import TracebackType
+
+
+class Transaction:
+    """Tracks files and created directories; `rollback()` restores bytes and modes exactly."""
+
+    def __init__(self) -> None:
+        self._saved: dict[Path, tuple[bytes | None, int | None]] = {}
+        self._created_dirs: list[Path] = []
+        self._removed_dirs: list[Path] = []
+        self.done = False
+
+    def track(self, path: Path) -> None:
+        """Remember a file's current content (or absence) before something changes it."""
+        path = Path(path)
+        if path in self._saved:
+            return
+        if path.is_file():
+            self._saved[path] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+        else:
+            self._saved[path] = (None, None)
+
+    def ensure_dir(self, directory: Path) -> None:
+        """mkdir -p, remembering which directories did not exist so rollback can remove them."""
+        missing: list[Path] = []
+        d = Path(directory)
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self._created_dirs.append(d)
+
+    def write_bytes(self, path: Path, data: bytes, mode: int | None = None) -> None:
+        """Write a file inside the transaction."""
+        path = Path(path)
+        self.track(path)
+        self.ensure_dir(path.parent)
+        path.write_bytes(data)
+        if mode is not None:
+            os.chmod(path, mode)
+
+    def remove(self, path: Path) -> None:
+        """Delete a file inside the transaction."""
+        path = Path(path)
+        self.track(path)
+        path.unlink(missing_ok=True)
+
+    def remove_empty_dirs(self, start: Path, stop: Path) -> None:
+        """Remove now-empty directories from `start` up to (not including) `stop`."""
+        d = Path(start)
+        while d != stop and stop in d.parents and d.is_dir() and not any(d.iterdir()):
+            self._removed_dir(d)
+            d = d.parent
+
+    def _removed_dir(self, d: Path) -> None:
+        d.rmdir()
+        self._removed_dirs.append(d)
+
+    def rollback(self) -> None:
+        """Put every tracked path back; Ctrl-C is ignored meanwhile so it cannot half-restore."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for d in reversed(self._removed_dirs):
+                d.mkdir(parents=True, exist_ok=True)
+            for path, (data, mode) in self._saved.items():
+                if data is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if path.exists():
+                        os.chmod(path, mode | 0o200 if mode is not None else 0o644)
+                    path.write_bytes(data)
+                    if mode is not None:
+                        os.chmod(path, mode)
+            for d in reversed(self._created_dirs):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        finally:
+            self.done = True
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def commit(self) -> None:
+        """Keep the changes."""
+        self.done = True
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not self.done:
+            self.rollback()
+        elif not self.done:
+            self.commit()
