@@ -253,19 +253,12 @@ class Plan:
 def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Plan:
     """Every check apply makes, in order, without writing; raises SageError naming what is wrong."""
     items = status_items(t)
-    state = overall(items)
-    not_pristine = [i for i in items if i.state in (APPLIED, DRIFTED)]
-    if state in (PARTIAL, DRIFTED) and not force:
-        raise SageError(
-            f"{t.layout.root} is {state}; refusing to apply on top of it "
-            "(run `revert` first, or `apply --force` to finish/3-way-merge)",
-            details=[f"{i.path}: {i.state}{' (' + i.detail + ')' if i.detail else ''}" for i in not_pristine],
-        )
+    patch_items = [i for i in items if i.kind == "patch"]
 
     progress("checking git state")
     watched = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
-    dirty = t.git.dirty(watched)
-    patch_items = [i for i in items if i.kind == "patch"]
+    ours = {i.path for i in items if i.state == APPLIED}  # changes apply itself made are not "dirty"
+    dirty = [d for d in t.git.dirty(watched) if d not in ours]
     if dirty and not force:
         raise SageError(
             f"{t.layout.root}: uncommitted changes in files the patch set touches (commit or stash them, or --force)",
@@ -279,6 +272,13 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
             f"{t.layout.root}: {len(mismatched)} file(s) differ from the SGLang {t.layout.version} pins in "
             f"{t.manifest.path.name} (use --force for a 3-way apply)",
             details=[f"{i.path}: {i.detail}" for i in mismatched],
+        )
+    state = overall(items)
+    if state == PARTIAL and not force:
+        raise SageError(
+            f"{t.layout.root} is {state}; refusing to apply on top of it "
+            "(run `revert` first, or `apply --force` to finish the missing steps)",
+            details=[f"{i.path}: {i.state}" for i in items if i.state == APPLIED],
         )
     pending = [i.path for i in patch_items if i.state != APPLIED]
 

@@ -105,7 +105,7 @@ class GitApply:
         """Repo paths with uncommitted changes (staged or not); read-only (no index refresh)."""
         if not self.layout.is_git:
             return []
-        result = self.run(["--no-optional-locks", "status", "--porcelain", "--", *repo_paths])
+        result = self.run(["--no-optional-locks", "status", "--porcelain", "--untracked-files=all", "--", *repo_paths])
         if not result.ok:
             raise SageError(f"git status failed in {self.layout.root}: {result.stderr.strip()}")
         return [line[3:] for line in result.stdout.splitlines() if line.strip()]
