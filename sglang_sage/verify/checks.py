@@ -1,0 +1,568 @@
+"""From raw worker results to checks: each criterion = measured value, threshold, pass/fail.
+
+Pure Python + numpy (reads the workers' JSON/npz), so it is tested on CPU with fabricated results.
+A check passes when all its criteria pass; it is ``error`` when something it needs was not measured
+(never silently ``pass``), and ``n/a`` when it cannot apply (accuracy checks on dummy weights).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import metrics, passkey
+from .workload import BUCKETS
+
+CHECK_IDS = ("runtime_flag", "logits", "perplexity", "throughput", "memory", "drift", "context", "determinism")
+CHECK_TITLES = {
+    "runtime_flag": "1. runtime flag (default off; Engine + HTTP server; 8-bit kernels proven by counters)",
+    "logits": "2. logits, teacher-forced (all buckets pooled)",
+    "perplexity": "3. perplexity, sliding window (medium window)",
+    "throughput": "4. throughput",
+    "memory": "5. memory footprint",
+    "drift": "6. activation precision drift over depth",
+    "context": "7. accuracy per context bucket (+ passkey)",
+    "determinism": "determinism (greedy, repeats and cache states)",
+}
+ACCURACY_CHECKS = ("logits", "perplexity", "drift", "context")
+
+# name: (default, unit, why)
+THRESHOLDS: dict[str, tuple[float, str, str]] = {
+    "kl_max": (0.01, "nats/token",
+               "mean KL(baseline‖sage) is the expected extra log-loss per token when the sage model predicts text "
+               "the baseline would produce: 0.01 nats bounds that perplexity inflation to e^0.01 ≈ 1 %; the "
+               "noise-floor row (baseline re-run) shows what no change at all measures"),
+    "top1_min": (0.99, "fraction", "greedy decoding follows the arg-max: ≥ 99 % identical next-token choices"),
+    "max_dlogprob_max": (2.0, "nats", "gross-error guard on the largest single log-prob change among shared top-K"),
+    "ppl_max_rel_delta": (0.002, "relative", "maintainer's bar: perplexity within 0.2 % of the baseline"),
+    "passkey_max_drop": (0.1, "accuracy", "sage may miss at most one trial in ten more than the baseline per bucket"),
+    "prefill_min_ratio": (0.5, "sage/baseline",
+                          "regression guard on input tok/s; speed-up claims need full-size geometry (--load-format "
+                          "dummy), not a 135M model"),
+    "decode_min_ratio": (0.8, "sage/baseline", "decode is delegated to the baseline's kernel: it must not get slower"),
+    "kv_capacity_min_ratio": (0.99, "sage/baseline", "8-bit attention must not shrink the KV pool (same cache dtype)"),
+    "peak_extra_max_mib": (512.0, "MiB", "scratch for INT8 K/fp16 V copies is per layer and small"),
+    "drift_local_max_rel_l2": (0.05, "relative L2",
+                               "one layer's 8-bit attention output vs bf16 SDPA on identical inputs"),
+    "drift_propagated_max_rel_l2": (0.25, "relative L2", "last layer after 30 layers of each run feeding itself"),
+    "drift_logits_kl_max": (0.01, "nats/token", "full-vocabulary KL of the final logits (HF model), as kl_max"),
+}
+
+
+def default_thresholds() -> dict[str, float]:
+    return {k: v[0] for k, v in THRESHOLDS.items()}
+
+
+def parse_threshold_overrides(items: list[str] | None) -> dict[str, float]:
+    """``["kl_max=0.02", ...]`` → thresholds; unknown names are an error (a typo must not pass)."""
+    out = default_thresholds()
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--threshold expects NAME=VALUE, got {item!r}")
+        name, value = item.split("=", 1)
+        name = name.strip()
+        if name not in THRESHOLDS:
+            raise ValueError(f"unknown threshold {name!r}; known: {', '.join(THRESHOLDS)}")
+        out[name] = float(value)
+    return out
+
+
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "==": operator.eq, "<": operator.lt,
+        "!=": operator.ne}
+
+
+@dataclass
+class Criterion:
+    name: str
+    value: Any
+    op: str | None = None
+    threshold: Any = None
+    unit: str = ""
+    note: str = ""
+    passed: bool | None = None  # None = informational
+
+    def evaluate(self) -> Criterion:
+        if self.op is not None:
+            if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
+                self.passed = False
+                self.note = (self.note + "; " if self.note else "") + "not measured"
+            else:
+                self.passed = bool(_OPS[self.op](self.value, self.threshold))
+        return self
+
+
+@dataclass
+class Check:
+    id: str
+    title: str
+    status: str = "pending"  # pass | fail | error | n/a | skipped | pending
+    criteria: list[Criterion] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def add(self, name: str, value: Any, op: str | None = None, threshold: Any = None, unit: str = "",
+            note: str = "") -> Criterion:
+        c = Criterion(name, value, op, threshold, unit, note).evaluate()
+        self.criteria.append(c)
+        return c
+
+    def finish(self) -> Check:
+        if self.status in ("n/a", "skipped", "error"):
+            return self
+        judged = [c for c in self.criteria if c.passed is not None]
+        if not judged:
+            self.status = "error"
+            self.error = self.error or "no criterion could be evaluated"
+        else:
+            self.status = "pass" if all(c.passed for c in judged) else "fail"
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "status": self.status, "error": self.error,
+                "criteria": [c.__dict__ for c in self.criteria], "info": self.info}
+
+
+# ---- data assembly -------------------------------------------------------------------------
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def compare_bucket(base: dict[str, np.ndarray], sage: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Perplexities and logit comparison of one bucket; refuses misaligned inputs."""
+    if base["tok"].shape != sage["tok"].shape or not np.array_equal(base["tok"], sage["tok"]):
+        raise ValueError("baseline and sage scored different tokens: inputs are not aligned")
+    ppl_b, ppl_s = metrics.perplexity(base["lp"]), metrics.perplexity(sage["lp"])
+    cmp = metrics.compare_topk(base["topk_ids"], base["topk_lp"], sage["topk_ids"], sage["topk_lp"])
+    return {"positions": int(base["lp"].size), "ppl_baseline": ppl_b, "ppl_sage": ppl_s,
+            "ppl_rel_delta": metrics.relative_delta(ppl_s, ppl_b),
+            "mean_abs_dnll": float(np.abs(base["lp"] - sage["lp"]).mean()), **cmp.as_dict()}
+
+
+def bucket_table(base_res: dict, sage_res: dict, key_b: str = "accuracy", key_s: str = "accuracy") -> dict[str, Any]:
+    """Per-bucket comparisons, plus ``pooled`` over every scored position of every bucket."""
+    out: dict[str, Any] = {}
+    b_ph = (base_res.get("phases") or {}).get(key_b) or {}
+    s_ph = (sage_res.get("phases") or {}).get(key_s) or {}
+    pooled: dict[str, list] = {k: [] for k in ("bi", "bl", "si", "sl", "blp", "slp", "btok", "stok")}
+    for name in BUCKETS:
+        b, s = b_ph.get(name), s_ph.get(name)
+        if not b or not s or "npz" not in b or "npz" not in s:
+            if b or s:
+                out[name] = {"error": "missing on one side: " + str((b or {}).get("skipped") or (s or {}).get("skipped")
+                                                                   or "not measured")}
+            continue
+        try:
+            bz, sz = load_npz(b["npz"]), load_npz(s["npz"])
+            out[name] = compare_bucket(bz, sz)
+            for k_src, k_dst, z in (("topk_ids", "bi", bz), ("topk_lp", "bl", bz), ("topk_ids", "si", sz),
+                                    ("topk_lp", "sl", sz), ("lp", "blp", bz), ("lp", "slp", sz),
+                                    ("tok", "btok", bz), ("tok", "stok", sz)):
+                pooled[k_dst].append(z[k_src])
+        except Exception as e:  # noqa: BLE001 - one bad bucket must not hide the others
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    if pooled["bi"]:
+        cat = {k: np.concatenate(v) for k, v in pooled.items()}
+        cmp = metrics.compare_topk(cat["bi"], cat["bl"], cat["si"], cat["sl"])
+        out["pooled"] = {"positions": int(cat["blp"].size), **cmp.as_dict(),
+                         "mean_abs_dnll": float(np.abs(cat["blp"] - cat["slp"]).mean())}
+    return out
+
+
+def passkey_table(results: dict) -> dict[str, dict[str, Any]]:
+    """bucket -> accuracy and trials, scored here from the raw answers."""
+    trials = (results.get("phases") or {}).get("passkey") or []
+    by: dict[str, list[bool]] = {}
+    for t in trials:
+        by.setdefault(t["bucket"], []).append(passkey.score_answer(t.get("answer") or "", t["key"]))
+    return {b: {"accuracy": passkey.accuracy(h), "trials": len(h), "hits": int(sum(h))} for b, h in by.items()}
+
+
+def throughput_rows(results: dict) -> list[dict[str, Any]]:
+    """Median-wall throughput and TTFT per (shape, batch)."""
+    rows = []
+    for r in (results.get("phases") or {}).get("throughput") or []:
+        if r.get("skipped") or not r.get("walls_s"):
+            rows.append({"shape": r.get("shape"), "batch": r.get("batch"), "skipped": r.get("skipped", "no data")})
+            continue
+        med = metrics.median(r["walls_s"])
+        ttft = r.get("mean_e2e_latency_s") if r["output_len"] == 1 else r.get("ttft_mean_latency_s")
+        if ttft is None:
+            ttft = med if r["output_len"] == 1 else r.get("ttft_wall_s")
+        rows.append({"shape": r["shape"], "batch": r["batch"], "input_len": r["input_len"],
+                     "output_len": r["output_len"], "wall_s": med,
+                     "input_tok_s": metrics.tokens_per_second(r["input_tokens"], med),
+                     "output_tok_s": metrics.tokens_per_second(r["output_tokens"], med),
+                     "ttft_s": ttft, "runs": len(r["walls_s"])})
+    return rows
+
+
+# ---- the checks ----------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Everything the checks read; any part may be None (stage failed or not run)."""
+
+    base: dict | None
+    sage: dict | None
+    drift: dict | None
+    server: dict | None
+    thresholds: dict[str, float]
+    sage_backend: str = "sage_attn"
+    accuracy_applicable: bool = True
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _stage_error(name: str, res: dict | None) -> str | None:
+    if res is None:
+        return f"{name} stage produced no result"
+    if res.get("engine_started") is False:
+        return f"{name} engine did not start: " + str((res.get("errors") or {}).get("engine_start", ""))[:800]
+    return None
+
+
+def _phase_error(res: dict, phase: str) -> str | None:
+    return (res.get("errors") or {}).get(phase)
+
+
+def check_runtime_flag(inp: Inputs) -> Check:
+    c = Check("runtime_flag", CHECK_TITLES["runtime_flag"])
+    probe = (inp.base or {}).get("flag_probe") or {}
+    resolved = probe.get("resolved_default")
+    if resolved is not None:
+        c.add("default attention backend (ServerArgs without the flag)", resolved, "!=", inp.sage_backend)
+    elif probe:
+        ok = probe.get("field_default") in (None, "") and probe.get("auto_selector_mentions_sage") is False
+        crit = c.add("default attention backend (field default; auto-selector source)",
+                     f"{probe.get('field_default')!r}; selector mentions sage: "
+                     f"{probe.get('auto_selector_mentions_sage')}",
+                     note="resolution raised: " + str(probe.get("resolved_default_error", ""))[:200])
+        crit.passed, crit.threshold = ok, f"≠ {inp.sage_backend}"
+    else:
+        crit = c.add("default attention backend", None, note="probe did not run")
+        crit.passed = False
+    cli = probe.get("cli_flag_backend")
+    crit = c.add(f"`--attention-backend {inp.sage_backend}` parsed by prepare_server_args (sglang serve's parser)",
+                 cli if cli is not None else probe.get("cli_flag_error"))
+    crit.passed, crit.threshold = cli == inp.sage_backend, f"= {inp.sage_backend}"
+    if probe:
+        c.info["choices_has_sage"] = probe.get("choices_has_sage")
+    # Engine
+    err = _stage_error("sage", inp.sage)
+    sage = inp.sage or {}
+    si = sage.get("server_info") or {}
+    crit = c.add("sglang.Engine started; its attention_backend", si.get("attention_backend") if not err else err)
+    crit.passed, crit.threshold = (not err and si.get("attention_backend") == inp.sage_backend), f"= {inp.sage_backend}"
+    stats = (sage.get("stats") or {})
+    final = (stats.get("final") or stats.get("after_throughput") or stats.get("after_passkey")
+             or stats.get("after_accuracy") or stats.get("after_partial_prefix") or {})
+    counters = final.get("counters") or {}
+    c.add("prefill_8bit_layer_calls (Engine, whole run)", counters.get("prefill_8bit_layer_calls"), ">", 0)
+    before = (stats.get("before_radix_hit") or {}).get("counters")
+    after = (stats.get("after_partial_prefix") or {}).get("counters")
+    delta = None
+    if before is not None and after is not None:
+        name = "extend_prefix_8bit_layer_calls"
+        delta = int(after.get(name, 0)) - int(before.get(name, 0))
+    c.add("extend_prefix_8bit_layer_calls added by radix-hit requests", delta, ">", 0)
+    if sage.get("radix_hit_counter_delta"):
+        c.info["counter_delta_full_prompt_hits"] = sage["radix_hit_counter_delta"]
+    c.info["sage_counters_final"] = counters
+    c.info["decode_backends"] = final.get("decode_backends")
+    c.info["sage_stats_processes"] = final.get("processes")
+    base_final = ((inp.base or {}).get("stats") or {}).get("final") or {}
+    if inp.base is not None and base_final:
+        crit = c.add("baseline engine wrote no sage counters (counters are not fake)",
+                     base_final.get("processes"), "==", 0)
+    # HTTP server
+    srv = inp.server
+    if srv is None:
+        crit = c.add("HTTP server (launch_server --attention-backend ...) answered /v1/completions", None)
+        crit.passed = False
+        crit.note = "server stage did not run"
+    else:
+        crit = c.add("HTTP server answered (status, text)", f"{srv.get('status_code')} {srv.get('text')!r}"
+                     if not srv.get("error") else srv.get("error"))
+        crit.passed = bool(srv.get("ok"))
+        crit.threshold = "200 and non-empty"
+        crit = c.add("HTTP server /server_info attention_backend", srv.get("attention_backend"))
+        crit.passed, crit.threshold = srv.get("attention_backend") == inp.sage_backend, f"= {inp.sage_backend}"
+        sc = (srv.get("stats") or {}).get("counters") or {}
+        c.add("HTTP server prefill_8bit_layer_calls", sc.get("prefill_8bit_layer_calls"), ">", 0)
+        c.info["server_cmd"] = srv.get("cmd")
+        c.info["server_start_s"] = srv.get("start_s")
+        if srv.get("engine_text_same") is not None:
+            c.info["server_text_equals_engine_text"] = srv.get("engine_text_same")
+    return c.finish()
+
+
+def check_logits(inp: Inputs, buckets: dict, floor: dict | None) -> Check:
+    t = inp.thresholds
+    c = Check("logits", CHECK_TITLES["logits"])
+    if not inp.accuracy_applicable:
+        c.status, c.error = "n/a", inp.notes.get("accuracy", "not applicable")
+        return c
+    pooled = buckets.get("pooled")
+    if not pooled:
+        c.status = "error"
+        c.error = "no teacher-forced data from both backends: " + "; ".join(
+            f"{k}: {v.get('error')}" for k, v in buckets.items() if isinstance(v, dict) and v.get("error"))
+        return c.finish()
+    c.add("mean KL(baseline‖sage), coarse top-K (lower bound)", pooled["mean_kl"], "<=", t["kl_max"], "nats/token")
+    c.add("top-1 agreement", pooled["top1_agreement"], ">=", t["top1_min"])
+    c.add("max |Δ log-prob| over shared top-K", pooled["max_abs_dlogprob"], "<=", t["max_dlogprob_max"], "nats")
+    c.add("positions compared", pooled["positions"])
+    c.add("p99 KL", pooled["p99_kl"], unit="nats/token")
+    c.add("top-K sets identical", pooled["topk_set_equal"])
+    c.add("mean |Δ NLL| of the actual next token", pooled["mean_abs_dnll"], unit="nats")
+    if floor and floor.get("pooled"):
+        c.add("noise floor: baseline vs baseline re-run, mean KL", floor["pooled"]["mean_kl"], unit="nats/token")
+        c.add("noise floor: top-1 agreement", floor["pooled"]["top1_agreement"])
+    return c.finish()
+
+
+def check_perplexity(inp: Inputs, buckets: dict, floor: dict | None, primary: str = "medium") -> Check:
+    t = inp.thresholds
+    c = Check("perplexity", CHECK_TITLES["perplexity"])
+    if not inp.accuracy_applicable:
+        c.status, c.error = "n/a", inp.notes.get("accuracy", "not applicable")
+        return c
+    b = buckets.get(primary)
+    if not b or "ppl_baseline" not in b:
+        c.status = "error"
+        c.error = f"{primary} bucket not measured: {(b or {}).get('error', 'missing')}"
+        return c
+    c.add("perplexity baseline", b["ppl_baseline"], ">=", 1.0, note="≥ 1 by construction")
+    c.add("perplexity sage", b["ppl_sage"], ">=", 1.0, note="≥ 1 by construction")
+    c.add("|relative Δ perplexity|", abs(b["ppl_rel_delta"]), "<=", t["ppl_max_rel_delta"])
+    c.add("scored tokens", b["positions"])
+    if floor and floor.get(primary) and "ppl_rel_delta" in floor[primary]:
+        c.add("noise floor: baseline re-run relative Δ", floor[primary]["ppl_rel_delta"])
+    return c.finish()
+
+
+def check_context(inp: Inputs, buckets: dict, pk_base: dict, pk_sage: dict, bucket_specs: dict) -> Check:
+    t = inp.thresholds
+    c = Check("context", CHECK_TITLES["context"])
+    if not inp.accuracy_applicable:
+        c.status, c.error = "n/a", inp.notes.get("accuracy", "not applicable")
+        return c
+    for name in BUCKETS:
+        spec = bucket_specs.get(name)
+        if spec is None:
+            crit = c.add(f"{name}: bucket", "not applicable", note="model context too short for ≥ 7K tokens")
+            continue
+        label = f"{name} (context ≥ {spec['min_context']}, window {spec['window']})"
+        b = buckets.get(name) or {}
+        if "ppl_baseline" not in b:
+            crit = c.add(f"{label}: teacher-forced data", b.get("error", "missing"))
+            crit.passed = False
+        else:
+            c.add(f"{label}: mean KL", b["mean_kl"], "<=", t["kl_max"], "nats/token")
+            c.add(f"{label}: top-1 agreement", b["top1_agreement"], ">=", t["top1_min"])
+            c.add(f"{label}: |Δ perplexity|", abs(b["ppl_rel_delta"]), "<=", t["ppl_max_rel_delta"],
+                  note=f"ppl {b['ppl_baseline']:.4f} → {b['ppl_sage']:.4f}")
+        pb, ps = pk_base.get(name), pk_sage.get(name)
+        if pb is None or ps is None:
+            crit = c.add(f"{label}: passkey", None, note="passkey not measured on both backends")
+            crit.passed = False
+        else:
+            c.add(f"{label}: passkey sage − baseline", ps["accuracy"] - pb["accuracy"], ">=", -t["passkey_max_drop"],
+                  note=f"baseline {pb['hits']}/{pb['trials']}, sage {ps['hits']}/{ps['trials']}")
+    return c.finish()
+
+
+def check_throughput(inp: Inputs, rows_b: list, rows_s: list) -> Check:
+    t = inp.thresholds
+    c = Check("throughput", CHECK_TITLES["throughput"])
+    err = _stage_error("baseline", inp.base) or _stage_error("sage", inp.sage)
+    if err:
+        c.status, c.error = "error", err
+        return c
+    by_b = {(r["shape"], r["batch"]): r for r in rows_b}
+    for r in rows_s:
+        key = (r["shape"], r["batch"])
+        b = by_b.get(key)
+        name = f"{r['shape']}-heavy, batch {r['batch']}"
+        if r.get("skipped") or not b or b.get("skipped"):
+            crit = c.add(name, None, note=str(r.get("skipped") or (b or {}).get("skipped") or "baseline missing"))
+            crit.passed = False
+            continue
+        metric, thr = ("input_tok_s", "prefill_min_ratio") if r["shape"] == "prefill" else ("output_tok_s",
+                                                                                            "decode_min_ratio")
+        c.add(f"{name}: {metric.replace('_', ' ')} sage/baseline", r[metric] / b[metric], ">=", t[thr],
+              note=f"{b[metric]:,.0f} → {r[metric]:,.0f} tok/s; TTFT {_ms(b['ttft_s'])} → {_ms(r['ttft_s'])}")
+    if not rows_s:
+        c.error = "no throughput data: " + str(_phase_error(inp.sage or {}, "throughput") or "")[:500]
+    return c.finish()
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 1000:.1f} ms"
+
+
+def memory_summary(res: dict | None) -> dict[str, Any]:
+    """Numbers of one engine: pool capacity, NVML footprint/peak, torch cross-check, SGLang's own split."""
+    if not res:
+        return {}
+    mem = res.get("memory") or {}
+    si = res.get("server_info") or {}
+    out: dict[str, Any] = {"max_total_num_tokens": si.get("max_total_num_tokens"),
+                           "memory_usage_gb": si.get("memory_usage")}
+    b, a, p = mem.get("before_start_nvml_mib"), mem.get("after_start_nvml_mib"), mem.get("peak_nvml_mib")
+    if a is not None and b is not None:
+        out["engine_footprint_mib"] = a - b
+    if p is not None:
+        out["peak_used_mib"] = p
+    if p is not None and a is not None:
+        out["peak_extra_over_start_mib"] = max(0.0, p - a)
+    tb, ta = mem.get("before_start_torch") or {}, mem.get("after_start_torch") or {}
+    if tb.get("used_mib") is not None and ta.get("used_mib") is not None:
+        out["torch_cross_check_footprint_mib"] = ta["used_mib"] - tb["used_mib"]
+    if mem.get("nvml_error"):
+        out["nvml_error"] = mem["nvml_error"]
+    return out
+
+
+def check_memory(inp: Inputs) -> Check:
+    t = inp.thresholds
+    c = Check("memory", CHECK_TITLES["memory"])
+    err = _stage_error("baseline", inp.base) or _stage_error("sage", inp.sage)
+    if err:
+        c.status, c.error = "error", err
+        return c
+    mb, ms = memory_summary(inp.base), memory_summary(inp.sage)
+    c.info = {"baseline": mb, "sage": ms}
+    kb, ks = mb.get("max_total_num_tokens"), ms.get("max_total_num_tokens")
+    c.add("KV-pool capacity sage/baseline (tokens)", (ks / kb) if kb and ks is not None else None, ">=",
+          t["kv_capacity_min_ratio"], note=f"{kb} → {ks} tokens")
+    pb, ps = mb.get("peak_extra_over_start_mib"), ms.get("peak_extra_over_start_mib")
+    c.add("peak memory growth during the workload, sage − baseline", (ps - pb) if pb is not None and ps is not None
+          else None, "<=", t["peak_extra_max_mib"], "MiB", note=f"baseline +{_mib(pb)}, sage +{_mib(ps)} over start")
+    c.add("engine footprint after start (baseline → sage)",
+          f"{_mib(mb.get('engine_footprint_mib'))} → {_mib(ms.get('engine_footprint_mib'))}")
+    c.add("peak device memory used (baseline → sage)",
+          f"{_mib(mb.get('peak_used_mib'))} → {_mib(ms.get('peak_used_mib'))}")
+    return c.finish()
+
+
+def _mib(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f} MiB"
+
+
+def check_drift(inp: Inputs) -> Check:
+    t = inp.thresholds
+    c = Check("drift", CHECK_TITLES["drift"])
+    if not inp.accuracy_applicable:
+        c.status, c.error = "n/a", inp.notes.get("accuracy", "not applicable")
+        return c
+    d = inp.drift
+    if not d or d.get("fatal") or not d.get("lengths"):
+        c.status = "error"
+        why = (d or {}).get("fatal") or (d or {}).get("errors") or ""
+        c.error = "drift stage produced no result: " + str(why)[:800]
+        return c
+    for key, err in (d.get("errors") or {}).items():
+        crit = c.add(f"L={key}", None, note=str(err)[:300])
+        crit.passed = False
+    for key, r in sorted(d["lengths"].items(), key=lambda kv: int(kv[0])):
+        c.add(f"L={key}: max local rel-L2 (sage vs bf16 SDPA, same inputs)", max(r["local_rel_l2"]), "<=",
+              t["drift_local_max_rel_l2"], note=f"bf16-vs-fp32 floor max {max(r['bf16_vs_fp32_rel_l2']):.4f}")
+        c.add(f"L={key}: last-layer propagated rel-L2", r["propagated_rel_l2"][-1], "<=",
+              t["drift_propagated_max_rel_l2"], note=f"cos {r['propagated_cos'][-1]:.5f}")
+        c.add(f"L={key}: final logits full-vocab KL", r["logits"]["full_kl_mean"], "<=", t["drift_logits_kl_max"],
+              "nats/token", note=f"top-1 agreement {r['logits']['top1_agreement']:.4f}")
+    c.info["kernel_source"] = d.get("kernel_source")
+    return c.finish()
+
+
+def determinism_summary(res: dict | None) -> dict[str, Any]:
+    runs = ((res or {}).get("phases") or {}).get("determinism")
+    if not runs or not runs.get("cold"):
+        return {}
+    ref = runs["cold"][0]["output_ids"]
+    same = {kind: [r["output_ids"] == ref for r in runs.get(kind, [])] for kind in ("cold", "radix_hit", "after_flush")}
+    return {"reference_len": len(ref), "identical": same,
+            "radix_cached_tokens": [r.get("cached_tokens") for r in runs.get("radix_hit", [])],
+            "cold_cached_tokens": [r.get("cached_tokens") for r in runs.get("cold", [])]}
+
+
+def check_determinism(inp: Inputs) -> Check:
+    c = Check("determinism", CHECK_TITLES["determinism"])
+    err = _stage_error("sage", inp.sage)
+    s = determinism_summary(inp.sage)
+    if err or not s:
+        c.status = "error"
+        c.error = err or ("not measured: " + str(_phase_error(inp.sage or {}, "determinism") or "")[:500])
+        return c
+    n_cold, n_hit = len(s["identical"]["cold"]), len(s["identical"]["radix_hit"])
+    c.add(f"cold repeats identical ({n_cold}×, flush before each)", sum(s["identical"]["cold"]), "==", n_cold)
+    c.add(f"radix-hit repeats identical to cold ({n_hit}×)", sum(s["identical"]["radix_hit"]), "==", n_hit)
+    c.add("after flush_cache identical to cold", sum(s["identical"]["after_flush"]), "==",
+          len(s["identical"]["after_flush"]))
+    hits = [x for x in s["radix_cached_tokens"] if isinstance(x, int)]
+    c.add("radix-hit runs really hit the cache (min cached_tokens)", min(hits) if hits else None, ">", 0)
+    b = determinism_summary(inp.base)
+    if b:
+        c.info["baseline"] = {k: all(v) for k, v in b["identical"].items()}
+    c.info["sage"] = s
+    return c.finish()
+
+
+def evaluate(inp: Inputs, selected: list[str], bucket_specs: dict) -> tuple[list[Check], dict[str, Any]]:
+    """All selected checks, plus the tables the report and plots show."""
+    tables: dict[str, Any] = {}
+    buckets: dict = {}
+    floor: dict | None = None
+    if inp.accuracy_applicable and inp.base and inp.sage:
+        buckets = bucket_table(inp.base, inp.sage)
+        if ((inp.base.get("phases") or {}).get("noise_floor")):
+            floor = bucket_table(inp.base, inp.base, "accuracy", "noise_floor")
+    tables["buckets"], tables["noise_floor"] = buckets, floor
+    pk_b = _safe(passkey_table, inp.base) if inp.accuracy_applicable else {}
+    pk_s = _safe(passkey_table, inp.sage) if inp.accuracy_applicable else {}
+    tables["passkey"] = {"baseline": pk_b, "sage": pk_s}
+    rows_b, rows_s = _safe(throughput_rows, inp.base, []), _safe(throughput_rows, inp.sage, [])
+    tables["throughput"] = {"baseline": rows_b, "sage": rows_s}
+    tables["memory"] = {"baseline": memory_summary(inp.base), "sage": memory_summary(inp.sage)}
+    tables["drift"] = inp.drift
+    makers = {
+        "runtime_flag": lambda: check_runtime_flag(inp),
+        "logits": lambda: check_logits(inp, buckets, floor),
+        "perplexity": lambda: check_perplexity(inp, buckets, floor),
+        "throughput": lambda: check_throughput(inp, rows_b, rows_s),
+        "memory": lambda: check_memory(inp),
+        "drift": lambda: check_drift(inp),
+        "context": lambda: check_context(inp, buckets, pk_b, pk_s, bucket_specs),
+        "determinism": lambda: check_determinism(inp),
+    }
+    checks = []
+    for cid in CHECK_IDS:
+        if cid not in selected:
+            continue
+        try:
+            checks.append(makers[cid]())
+        except Exception as e:  # noqa: BLE001 - an evaluation bug is an error row, not a crash
+            checks.append(Check(cid, CHECK_TITLES[cid], status="error", error=f"{type(e).__name__}: {e}"))
+    return checks, tables
+
+
+def _safe(fn, res, default=None):
+    if not res:
+        return {} if default is None else default
+    try:
+        return fn(res)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"} if default is None else default
+
+
+def verdict(checks: list[Check]) -> bool:
+    """Pass only when every selected check passed or does not apply."""
+    return bool(checks) and all(c.status in ("pass", "n/a") for c in checks)

