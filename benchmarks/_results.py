@@ -375,7 +375,7 @@ def evaluate_kernel_targets(results: Sequence[dict[str, Any]]) -> list[dict[str,
             t = {"target": f"kernel sage/{other} >= {thr}x", "config": _cfg_label(r), "value": ratio,
                  "threshold": thr, "sage_cos": sage_cos}
             o = b.get(other) or {}
-            if other == "cudnn" and _ok(o) and o.get("mask_method") not in (None, "is_causal"):
+            if other == "cudnn" and _ok(o) and o.get("mask_method") == "dense_mask":
                 t.update(status="N/A", detail=f"cuDNN ran with {o.get('mask_method')} (no native "
                                               f"bottom-right causal); ratio {fmt(ratio)}x not comparable")
             elif ratio is None:
@@ -400,7 +400,7 @@ def _backend_cell(e: dict[str, Any] | None) -> str:
         return "–"
     st = e.get("status")
     if st == "ok":
-        star = "*" if e.get("mask_method") not in (None, "is_causal") else ""
+        star = "*" if e.get("mask_method") == "dense_mask" else ""
         return f"{fmt(e.get('ms'), '.3f')} ({fmt(e.get('tflops'), '.0f')}){star}"
     if st == "skipped":
         return "skip"
@@ -619,7 +619,7 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
                      counters.get("prefill_8bit_batches", "–") if c.startswith("sage") else ""])
     parts.append(markdown_table(headers, rows))
     ratio_rows = []
-    for c in order:
+    for c in order if lengths else []:
         if not c.startswith("sage"):
             continue
         for base in ("flashinfer", "triton"):
@@ -629,11 +629,11 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
             for x in lengths:
                 a = e2e_value(by[c], "prefill", x, "ms")
                 b = e2e_value(by[base], "prefill", x, "ms")
-                cells.append(fmt(b / a if a and b else None) + "x" if a and b else "–")
+                cells.append(f"{b / a:.2f}x" if a and b else "–")
             for x in lengths:
                 a = e2e_value(by[c], "decode", x, "tok_s")
                 b = e2e_value(by[base], "decode", x, "tok_s")
-                cells.append(fmt(a / b if a and b else None, ".3f") + "x" if a and b else "–")
+                cells.append(f"{a / b:.3f}x" if a and b else "–")
             ratio_rows.append([f"{c} vs {base}", *cells])
     if ratio_rows:
         parts.append("\n## Speed-ups (prefill: time ratio; decode: tok/s ratio; >1 = sage faster)\n\n")

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=None, help="default benchmarks/results/<gpu-slug>")
     ap.add_argument("--stem", default=None, help="output file stem (default kernels / kernels_quick)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render md/png from a result JSON")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cpu: plumbing dry run under TRITON_INTERPRET=1 (tiny shapes, no timing value)")
     args = ap.parse_args(argv)
     args.lengths = args.lengths or ("4096,16384" if args.quick else "1024,4096,16384,32768,65536")
     args.batches = args.batches or ("1" if args.quick else "1,8")
@@ -167,11 +170,11 @@ def estimate_seconds(shape: Shape, backends: list[str], warmup: float, rep: floa
 # ------------------------------------------------------------------------------------------------
 # inputs, reference, comparison
 # ------------------------------------------------------------------------------------------------
-def make_inputs(shape: Shape, seed: int, k_bias: float, shuffle: bool) -> dict[str, Any]:
+def make_inputs(shape: Shape, seed: int, k_bias: float, shuffle: bool, device: str = "cuda") -> dict[str, Any]:
     """Random bf16 inputs in SGLang's paged layout plus dense copies for the other backends."""
     import torch
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     dt = torch.bfloat16
     B, L, p, lq = shape.batch, shape.seq_len, shape.prefix, shape.lq
     g = torch.Generator(device=dev)
@@ -279,21 +282,48 @@ class Unavailable(Exception):
     """A backend cannot run this shape; the message is the recorded reason."""
 
 
-def load_sage(path: str) -> Callable[..., Any]:
-    """Import ``sage_extend_attention`` from kernels.py by file path (works without SGLang)."""
-    p = Path(path)
+def load_sage_module(path: str) -> Any:
+    """Import the sage_attn ``kernels.py`` by file path, without SGLang.
+
+    kernels.py imports its siblings relatively (``from .plan import ...``), so its directory is
+    registered as a bare package first (its ``__init__`` is not executed).
+    """
+    p = Path(path).resolve()
     if not p.is_file():
         raise Unavailable(f"sage kernel file not found: {p}")
-    spec = importlib.util.spec_from_file_location("sage_attn_kernels_bench", p)
+    pkg_name = "_bench_sage_attn_pkg"
+    if pkg_name not in sys.modules:
+        pkg = types.ModuleType(pkg_name)
+        pkg.__path__ = [str(p.parent)]
+        sys.modules[pkg_name] = pkg
+    spec = importlib.util.spec_from_file_location(f"{pkg_name}.{p.stem}", p)
     if spec is None or spec.loader is None:
         raise Unavailable(f"cannot import {p}")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    fn = getattr(mod, "sage_extend_attention", None)
-    if fn is None:
+    if not callable(getattr(mod, "sage_extend_attention", None)):
         raise Unavailable(f"{p} has no sage_extend_attention")
-    return fn
+    return mod
+
+
+def sync(device: str) -> None:
+    """Wait for the device (no-op on CPU)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_ms(fn: Callable[[], Any], device: str, warmup: float, rep: float) -> float:
+    """Median ms of fn: triton's do_bench on CUDA; a plain timer for the CPU dry run."""
+    if device == "cuda":
+        import triton
+
+        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
 
 
 def _sdpa_backend(name: str) -> Any:
@@ -346,7 +376,8 @@ def build_sdpa_fn(name: str, method: str, gqa_native: bool, q: Any, k: Any, v: A
 _PROBES: dict[tuple[Any, ...], tuple[tuple[str, bool] | None, list[str]]] = {}
 
 
-def probe_sdpa(name: str, shape: Shape, sm_scale: float) -> tuple[tuple[str, bool] | None, list[str]]:
+def probe_sdpa(name: str, shape: Shape, sm_scale: float,
+               device: str = "cuda") -> tuple[tuple[str, bool] | None, list[str]]:
     """Find a (mask method, native GQA) combination for which this SDPA backend gives the right
     bottom-right causal result, checked on a small problem of the same geometry (cached).
 
@@ -354,7 +385,6 @@ def probe_sdpa(name: str, shape: Shape, sm_scale: float) -> tuple[tuple[str, boo
     the flash/efficient kernels (bypassing cuDNN), so cuDNN with a prefix falls back to a dense
     additive mask, which is correct but no fair speed baseline (flagged ``mask_method``).
     """
-    import torch
     from torch.nn.attention import sdpa_kernel
 
     key = (name, shape.hq, shape.hkv, shape.d, shape.prefix > 0)
@@ -365,7 +395,7 @@ def probe_sdpa(name: str, shape: Shape, sm_scale: float) -> tuple[tuple[str, boo
     else:
         methods = ["is_causal"]
     small = Shape(shape.geometry, shape.hq, shape.hkv, shape.d, 1, 512, 0.5 if shape.prefix > 0 else 0.0)
-    inp = make_inputs(small, 1234, 1.0, False)
+    inp = make_inputs(small, 1234, 1.0, False, device)
     rows = list(range(small.lq))
     ref = exact_reference(inp["q"], inp["k_seq"], inp["v_seq"], small, rows, sm_scale)
     notes: list[str] = []
@@ -376,7 +406,7 @@ def probe_sdpa(name: str, shape: Shape, sm_scale: float) -> tuple[tuple[str, boo
                 fn = build_sdpa_fn(name, method, native, inp["q_hnd"], inp["k_hnd"], inp["v_hnd"], sm_scale)
                 with sdpa_kernel([_sdpa_backend(name)]):
                     o = fn()
-                torch.cuda.synchronize()
+                sync(device)
                 packed = o.transpose(1, 2).reshape(-1, small.hq, small.d)
                 c = compare_rows(packed, small, rows, ref)["cos"]
                 if c is not None and c >= 0.999:
@@ -405,12 +435,14 @@ def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float,
     info: dict[str, Any] = {}
     null = contextlib.nullcontext
     if name == "sage":
-        sage = ctx.get("sage")
-        if sage is None:
+        mod = ctx.get("sage")
+        if mod is None:
             raise Unavailable(ctx.get("sage_error", "sage kernel not loaded"))
+        sage = mod.sage_extend_attention
         out = torch.empty_like(inp["q"])
         args = (inp["q"], inp["k_pool"], inp["v_pool"], inp["qo_indptr"], inp["kv_indptr"],
                 inp["kv_indices"], lq, L, sm_scale)
+        info["note"] = "contract call sage_extend_attention (plan + smoothing + quantization + attention)"
 
         def fn() -> Any:
             return sage(*args, causal=True, out=out)
@@ -419,7 +451,7 @@ def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float,
     if name in ("cudnn", "flash"):
         from torch.nn.attention import sdpa_kernel
 
-        choice, notes = probe_sdpa(name, shape, sm_scale)
+        choice, notes = probe_sdpa(name, shape, sm_scale, inp["q"].device.type)
         info["probe"] = notes
         if choice is None:
             raise Unavailable(f"no correct bottom-right causal call found: {'; '.join(notes)}")
@@ -468,7 +500,7 @@ def init_backends(args: argparse.Namespace, wanted: list[str]) -> dict[str, Any]
     ctx: dict[str, Any] = {}
     if "sage" in wanted:
         try:
-            ctx["sage"] = load_sage(args.sage_kernel)
+            ctx["sage"] = load_sage_module(args.sage_kernel)
         except Exception as exc:  # noqa: BLE001
             ctx["sage_error"] = f"{type(exc).__name__}: {exc}"
     if "sageattn" in wanted:
@@ -500,24 +532,47 @@ def _short_exc(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {str(exc)[:600]} | " + "".join(tb[-3:])[-900:]).strip()
 
 
+def sage_planned(mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float) -> Callable[[], Any]:
+    """The backend's per-layer call: plan built once outside (as SGLang builds it once per batch
+    for all layers); smoothing + quantization + attention inside. Uses kernels.py internals
+    (``kernel_config``, ``build_plan``, ``sage_extend_attention_planned``)."""
+    import numpy as np
+    import torch
+
+    cfg = mod.kernel_config(shape.d)
+    q_lens = np.full(shape.batch, shape.lq, dtype=np.int64)
+    kv_lens = np.full(shape.batch, shape.seq_len, dtype=np.int64)
+    plan = mod.build_plan(q_lens, kv_lens, inp["q"].device, cfg.block_m, cfg.block_n, True)
+    row_off = inp["kv_indptr"][:-1].to(torch.int64)
+    out = torch.empty_like(inp["q"])
+
+    def fn() -> Any:
+        return mod.sage_extend_attention_planned(inp["q"], inp["k_pool"], inp["v_pool"], plan,
+                                                 inp["kv_indices"], row_off, sm_scale, True, out)
+
+    return fn
+
+
 def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: dict[str, Any],
               seed: int) -> tuple[dict[str, Any], bool]:
     """Benchmark every backend on one shape. Returns (record, fatal_cuda_error)."""
     import torch
-    import triton
 
+    dev = args.device
     sm_scale = 1.0 / math.sqrt(shape.d)
     rec: dict[str, Any] = {**asdict(shape), "prefix": shape.prefix, "lq": shape.lq, "lkv": shape.seq_len,
                            "flops": shape.flops, "seed": seed, "backends": {}}
     fatal = False
     t0 = time.time()
-    inp = make_inputs(shape, seed, args.k_bias, args.shuffle_slots)
+    inp = make_inputs(shape, seed, args.k_bias, args.shuffle_slots, dev)
     rows = pick_rows(shape.lq, max(32, args.ref_rows // shape.batch))
     ref = exact_reference(inp["q"], inp["k_seq"], inp["v_seq"], shape, rows, sm_scale)
     rec["ref_rows_per_seq"] = len(rows)
     sdpa_out = None
     sdpa_from = None
-    for name in backends:
+    # SDPA first, so that the others can be compared with its full output
+    order = [b for b in ("cudnn", "flash") if b in backends] + [b for b in backends if b not in ("cudnn", "flash")]
+    for name in order:
         entry: dict[str, Any] = {"status": "error"}
         rec["backends"][name] = entry
         if fatal:
@@ -529,7 +584,7 @@ def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: 
             entry.update(info)
             with cm():
                 o = fn()
-                torch.cuda.synchronize()
+                sync(dev)
                 packed = to_packed(o)
                 entry.update(compare_rows(packed, shape, rows, ref))
                 if name in ("cudnn", "flash") and sdpa_out is None:
@@ -538,29 +593,40 @@ def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: 
                     entry["cos_vs_sdpa"] = full_cosine(packed, sdpa_out)
                     entry["sdpa_ref"] = sdpa_from
                 del o, packed
-                ms = triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
-            entry.update(status="ok", ms=float(ms), tflops=shape.flops / (ms * 1e-3) / 1e12)
+                ms = bench_ms(fn, dev, args.warmup, args.rep)
+            entry.update(status="ok", ms=ms, tflops=shape.flops / (ms * 1e-3) / 1e12)
+            if name == "sage":
+                try:  # extra: the per-layer cost inside SGLang (plan prebuilt once per batch)
+                    pfn = sage_planned(ctx["sage"], shape, inp, sm_scale)
+                    c = compare_rows(pfn(), shape, rows, ref)
+                    pms = bench_ms(pfn, dev, args.warmup, args.rep)
+                    entry.update(ms_planned=pms, tflops_planned=shape.flops / (pms * 1e-3) / 1e12,
+                                 cos_planned=c["cos"])
+                except Exception as exc:  # noqa: BLE001
+                    entry["planned_error"] = _short_exc(exc)
+                    if any(m in entry["planned_error"] for m in FATAL_MARKERS):
+                        fatal = True
         except Unavailable as exc:
             entry.update(status="skipped", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - record and go on
             msg = _short_exc(exc)
-            entry.update(status="error", error=msg)
+            entry.update(status="error", error=("CUDA OOM: " if isinstance(exc, torch.OutOfMemoryError) else "")
+                         + msg)
             if any(m in msg for m in FATAL_MARKERS):
                 fatal = True
-            if isinstance(exc, torch.OutOfMemoryError):
-                entry["error"] = "CUDA OOM: " + msg
         finally:
             entry["wall_s"] = round(time.time() - t_b, 2)
             if not fatal:
                 try:
-                    torch.cuda.synchronize()
+                    sync(dev)
                 except Exception as exc:  # noqa: BLE001
                     fatal = True
                     entry.setdefault("error", _short_exc(exc))
+    rec["backends"] = {b: rec["backends"][b] for b in backends}
     rec["ratios"] = R.kernel_ratios(rec["backends"])
     rec["wall_s"] = round(time.time() - t0, 2)
     del inp, ref, sdpa_out
-    if not fatal:
+    if not fatal and dev == "cuda":
         torch.cuda.empty_cache()
     return rec, fatal
 
@@ -616,8 +682,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    if not torch.cuda.is_available():
-        R.log("no CUDA device: nothing to benchmark")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        R.log("no CUDA device: nothing to benchmark (--device cpu with TRITON_INTERPRET=1 is a dry run)")
         return 2
     env = R.capture_env(extra_files={"sage_kernels.py": args.sage_kernel, "bench_kernels.py": __file__,
                                      "_results.py": R.__file__})
