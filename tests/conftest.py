@@ -89,3 +89,13 @@ def source_tree(pristine_installed: Path, sdist_root: Path, tmp_path: Path) -> P
     shutil.copytree(pristine_installed / "sglang", dest / "sglang", symlinks=True)
     shutil.copyfile(sdist_root / "pyproject.toml", dest / "pyproject.toml")
     return dest
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test is an untested claim: the CPU suite fails when anything was skipped."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == 0:
+        session.exitstatus = 1
+        if reporter is not None:
+            reporter.write_line(f"FAILED: {len(skipped)} test(s) skipped; the suite allows no skips", red=True)

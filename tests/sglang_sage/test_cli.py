@@ -267,3 +267,17 @@ def test_read_only_mode_bits_restored_on_rollback(tmp_path: Path) -> None:
         f.write_text("b")
         raise RuntimeError
     assert f.read_text() == "a" and stat.S_IMODE(f.stat().st_mode) == 0o444
+
+
+def test_default_target_is_fetched_checkout(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`python apply.py` with no --sglang-dir: wheel -> .sglang/0.5.17/ git checkout, applied; no GPU -> 3."""
+    import sglang_sage.cli as cli
+
+    monkeypatch.setattr(cli, "REPO", tmp_path)
+    code, rep = run(capsys, "--no-build")
+    target = tmp_path / ".sglang" / "0.5.17"
+    assert code == ec.NO_GPU, rep
+    assert rep["target"] == str(target) and rep["state"] == "applied"
+    assert_registered(target / "python")
+    code, rep = run(capsys, "status")
+    assert code == 0 and rep["state"] == "applied"
