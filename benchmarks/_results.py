@@ -386,6 +386,9 @@ def evaluate_kernel_targets(results: Sequence[dict[str, Any]]) -> list[dict[str,
                                                f"< {KERNEL_MIN_COS}")
             else:
                 t.update(status="PASS" if ratio >= thr else "FAIL", detail=f"{ratio:.2f}x")
+            if _ok(sage) and _ok(o) and sage.get("ms_planned"):
+                t["value_planned"] = o["ms"] / sage["ms_planned"]
+                t["detail"] = f"{t['detail']} (plan prebuilt: {t['value_planned']:.2f}x)"
             out.append(t)
     return out
 
@@ -418,17 +421,23 @@ def render_kernel_markdown(doc: dict[str, Any]) -> str:
                                               if not isinstance(v, (dict, list))) + "\n\n")
     parts.append("Time in ms (median of `triton.testing.do_bench`), TFLOPS in parentheses "
                  "(causal FLOPs `4·B·Hq·D·(Lq·Lkv − Lq²/2)`). `*`: ran with a dense mask "
-                 "(no native bottom-right causal). Ratios are time(other)/time(sage_attn).\n\n")
+                 "(no native bottom-right causal). Ratios are time(other)/time(sage_attn), where "
+                 "sage_attn is the whole stand-alone `sage_extend_attention` call (host plan from the "
+                 "indptrs, K smoothing, quantization, attention); \"plan prebuilt\" is the per-layer "
+                 "call inside SGLang (the plan is built once per batch for all layers).\n\n")
     headers = ["shape", "Lq/Lkv", *[KERNEL_LABELS[b] for b in KERNEL_BACKENDS],
-               "sage/cuDNN", "sage/flash", "sage/triton"]
+               "sage/cuDNN", "sage/flash", "sage/triton", "sage, plan prebuilt"]
     rows = []
     for r in results:
         b = r.get("backends", {})
         ra = r.get("ratios", {})
+        sage = b.get("sage") or {}
         rows.append([_cfg_label(r), f"{fmt_len(r.get('lq'))}/{fmt_len(r.get('lkv'))}",
                      *[_backend_cell(b.get(n)) for n in KERNEL_BACKENDS],
                      fmt(ra.get("sage_vs_cudnn")), fmt(ra.get("sage_vs_flash")),
-                     fmt(ra.get("sage_vs_triton_extend"))])
+                     fmt(ra.get("sage_vs_triton_extend")),
+                     f"{fmt(sage.get('ms_planned'), '.3f')} ({fmt(sage.get('tflops_planned'), '.0f')})"
+                     if sage.get("ms_planned") is not None else "–"])
     parts.append(markdown_table(headers, rows))
     parts.append("\n## Accuracy (cosine vs exact fp32 attention on sampled query rows; "
                  "min over rows×heads in parentheses)\n\n")

@@ -483,16 +483,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model-dir", default="/tmp/llama31_8b_dummy")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/<gpu-slug>")
+    ap.add_argument("--out-root", default=str(R.RESULTS_ROOT),
+                    help="results go to <out-root>/<gpu-slug>/ (default benchmarks/results; on the device "
+                         "machine use $OUT so that they come back)")
+    ap.add_argument("--out-dir", default=None, help="exact output directory (overrides --out-root)")
     ap.add_argument("--stem", default=None, help="output file stem (default e2e / e2e_quick)")
     ap.add_argument("--merge", action="store_true",
                     help="keep other configurations' records of an existing <stem>.json (re-run a subset)")
-    ap.add_argument("--render", default=None, metavar="JSON", help="only re-render md/png from a result JSON")
+    ap.add_argument("--render", default=None, nargs="+", metavar="JSON",
+                    help="no GPU: re-render md/png from result JSON(s); several are combined (a later file's "
+                         "record of a configuration wins) into <first file's dir>/<--stem or first stem>")
     args = ap.parse_args(argv)
     args.lengths = args.lengths or ("4096" if args.quick else "4096,16384,32768")
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.decode_tokens = args.decode_tokens or (32 if args.quick else 128)
     args.decode_repeats = args.decode_repeats or (1 if args.quick else 2)
+    args.stem_given = args.stem is not None
     args.stem = args.stem or ("e2e_quick" if args.quick else "e2e")
     lens = [int(x) for x in args.lengths.split(",") if x.strip()]
     args.chunked_prefill_size = args.chunked_prefill_size or max(lens)
@@ -513,16 +519,33 @@ def estimate(lengths: list[int], cfgs: list[str], args: argparse.Namespace) -> f
     return total
 
 
-def render_only(path: str) -> int:
-    """Re-render markdown/PNG from an existing e2e JSON."""
-    doc = R.load_json(path)
-    if doc is None:
-        R.log(f"cannot read {path}")
+def combine(docs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One e2e document from several runs (e.g. a run re-done for the configurations it skipped)."""
+    out = dict(docs[0])
+    by: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        for r in d.get("results", []):
+            old = by.get(r.get("config"))
+            if old is None or r.get("status") != "skipped" or old.get("status") == "skipped":
+                by[r.get("config")] = r
+    out["results"] = list(by.values())
+    if len(docs) > 1:
+        out["notes"] = [n for d in docs for n in d.get("notes", [])] + [f"combined from {names}"]
+        out["previous_env"] = [d.get("env") for d in docs[1:]]
+    return out
+
+
+def render_only(paths: list[str], stem: str | None) -> int:
+    """Re-render markdown/PNG from existing e2e JSON(s) (no GPU needed)."""
+    docs = [R.load_json(p) for p in paths]
+    if any(d is None for d in docs):
+        R.log(f"cannot read one of {paths}")
         return 2
+    doc = combine(docs, paths)
     doc["targets"] = R.evaluate_e2e_targets(doc.get("results", []))
-    p = Path(path)
+    p = Path(paths[0])
     R.log("\n".join(R.target_lines(doc["targets"])))
-    R.log(f"wrote {R.write_reports(doc, p.parent, p.stem)}")
+    R.log(f"wrote {R.write_reports(doc, p.parent, stem or p.stem)}")
     return 0
 
 
@@ -530,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
     if args.render:
-        return render_only(args.render)
+        return render_only(args.render, args.stem if args.stem_given else None)
     t_start = time.time()
     cfgs = [c.strip() for c in args.backends.split(",") if c.strip()]
     bad = [c for c in cfgs if c not in ENGINE_CONFIGS]
@@ -548,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = prepare_env()
     model_dir = write_model_dir(Path(args.model_dir))
     env = R.capture_env(with_torch=False, extra_files={"bench_e2e.py": __file__, "_results.py": R.__file__})
-    out_dir = Path(args.out_dir) if args.out_dir else R.RESULTS_ROOT / env["gpu_slug"]
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.out_root) / env["gpu_slug"]
     out_path = out_dir / f"{args.stem}.json"
     cfg = {k: v for k, v in vars(args).items() if k != "render"}
     doc: dict[str, Any] = {"kind": "e2e", "env": env, "config": cfg, "notes": notes, "results": []}

@@ -110,7 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shuffle-slots", action="store_true", help="random KV pool slot order (default: "
                     "each sequence in consecutive slots, as a fresh SGLang pool hands them out)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/<gpu-slug>")
+    ap.add_argument("--out-root", default=str(R.RESULTS_ROOT),
+                    help="results go to <out-root>/<gpu-slug>/ (default benchmarks/results; on the device "
+                         "machine use $OUT so that they come back)")
+    ap.add_argument("--out-dir", default=None, help="exact output directory (overrides --out-root)")
     ap.add_argument("--stem", default=None, help="output file stem (default kernels / kernels_quick)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render md/png from a result JSON")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
@@ -639,6 +642,9 @@ def _line(rec: dict[str, Any], backends: list[str]) -> str:
             cells.append(f"{n}={e['ms']:.3f}ms/{e['tflops']:.0f}TF/cos{R.fmt(e.get('cos'), '.4f')}")
         else:
             cells.append(f"{n}={e.get('status', '?').upper()}")
+    sage = rec["backends"].get("sage", {})
+    if sage.get("ms_planned") is not None:
+        cells.append(f"sage(plan prebuilt)={sage['ms_planned']:.3f}ms")
     ra = rec["ratios"]
     return (" | ".join(cells) + f" || sage/cudnn={R.fmt(ra.get('sage_vs_cudnn'))}x "
             f"sage/triton={R.fmt(ra.get('sage_vs_triton_extend'))}x ({rec['wall_s']:.1f}s)")
@@ -687,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = R.capture_env(extra_files={"sage_kernels.py": args.sage_kernel, "bench_kernels.py": __file__,
                                      "_results.py": R.__file__})
-    out_dir = Path(args.out_dir) if args.out_dir else R.RESULTS_ROOT / env["gpu_slug"]
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.out_root) / env["gpu_slug"]
     cfg = {k: v for k, v in vars(args).items() if k not in ("render",)}
     doc = {"kind": "kernels", "env": env, "config": cfg, "notes": list(notes), "results": []}
     rf = R.ResultsFile(out_dir / f"{args.stem}.json", doc)
