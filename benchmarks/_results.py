@@ -140,7 +140,7 @@ def capture_env(argv: Sequence[str] | None = None, extra_files: dict[str, str | 
     ``with_torch=False`` avoids importing torch (and creating a CUDA context).
     """
     env: dict[str, Any] = {
-        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *(sys.argv if argv is None else argv)]),
         "python": platform.python_version(),
         "hostname": platform.node(),

@@ -17,6 +17,10 @@ sys.path.insert(0, str(BENCH))
 import _results as R  # noqa: E402
 
 
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _load(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
@@ -114,10 +118,14 @@ def test_kernel_markdown_and_plot(tmp_path: Path) -> None:
     assert "1.000 (100)" in md and "*" in md  # dense-mask cuDNN flagged
     assert "## Targets" in md and "PASS" in md
     assert "skipped: top-left" in md
-    pytest.importorskip("matplotlib")
-    png = R.plot_kernel(doc, tmp_path / "k.png")
-    assert png.stat().st_size > 10_000
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paths = R.write_reports(doc, tmp_path, "k")
+    assert Path(paths["md"]).read_text() == md or "Targets" in Path(paths["md"]).read_text()
+    if _has_matplotlib():  # CI needs matplotlib in the test extra for this branch (no skips allowed)
+        png = Path(paths["png"])
+        assert png.stat().st_size > 10_000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # without matplotlib the plot error is recorded, the measurements are still written
+        assert "png_error" in paths
 
 
 def test_e2e_targets_markdown_plot(tmp_path: Path) -> None:
@@ -131,9 +139,11 @@ def test_e2e_targets_markdown_plot(tmp_path: Path) -> None:
     md = R.render_e2e_markdown(doc)
     assert "| config | status | prefill 4K ms |" in md
     assert "sage_attn vs flashinfer" in md and "1.44x" in md
-    pytest.importorskip("matplotlib")
-    png = R.plot_e2e(doc, tmp_path / "e.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    paths = R.write_reports(doc, tmp_path, "e")
+    if _has_matplotlib():
+        assert Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "png_error" in paths
 
 
 def test_e2e_target_fails_without_8bit_prefill() -> None:
@@ -200,7 +210,8 @@ def test_kernel_plan_and_rows() -> None:
 
 
 def test_kernel_reference_and_compare_cpu() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     bk = _load("bench_kernels")
     shape = bk.Shape("t", 4, 2, 16, 2, 24, 0.5)
     inp = bk.make_inputs(shape, 0, 1.0, True, "cpu")
@@ -286,8 +297,6 @@ def test_e2e_main_without_sglang_records_errors(tmp_path: Path) -> None:
 
 
 def test_kernel_main_cpu_dry_run(tmp_path: Path) -> None:
-    pytest.importorskip("triton")
-    pytest.importorskip("torch")
     out = _run([str(BENCH / "bench_kernels.py"), "--device", "cpu", "--geometries", "smollm2", "--lengths", "32",
                 "--batches", "1", "--prefix", "0.5", "--backends", "sage,flash,sageattn", "--out-dir",
                 str(tmp_path)], {"TRITON_INTERPRET": "1"})
