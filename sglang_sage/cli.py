@@ -166,11 +166,14 @@ _COLORS = {
 def _render(report: engine.Report, console: Console) -> None:
     console.print(f"[bold]{report.command}[/] {report.target}  ({report.layout}, SGLang {report.version})")
     if report.items:
-        table = Table(show_lines=False)
-        for col in ("kind", "step", "file", "state", "detail"):
-            table.add_column(col)
+        table = Table(show_lines=False, expand=False)
+        table.add_column("step", no_wrap=True)
+        table.add_column("file", overflow="fold")
+        table.add_column("state", no_wrap=True)
+        table.add_column("detail", overflow="fold")
         for i in report.items:
-            table.add_row(i.kind, i.step, i.path, f"[{_COLORS.get(i.state, 'white')}]{i.state}[/]", i.detail)
+            step = i.step.split("-", 1)[0] if i.kind != "overlay" else "overlay"
+            table.add_row(step, i.path, f"[{_COLORS.get(i.state, 'white')}]{i.state}[/]", i.detail)
         console.print(table)
     for a in report.actions:
         console.print(f"  [green]•[/] {a}")

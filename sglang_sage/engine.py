@@ -573,7 +573,7 @@ def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
     if plan.three_way:
         report.actions.append("would use git apply --3way (pins differ, --force)")
     report.actions += [f"would add to pyproject: {a}" for a in plan.edit_added]
-    report.actions += [f"would install {d}" for _, d in plan.overlay]
+    report.actions += [f"would install {of.dest}" for of, _ in plan.overlay]
     for line in overlay_mod.stale(t.overlay_files, t.manifest.overlay):
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
     report.message = "all checks passed; apply would succeed"

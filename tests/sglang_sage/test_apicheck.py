@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from sglang.srt.model_executor.model_runner import ModelRunner
 """
 
-GOOD = HEADER + """
+GOOD = (
+    HEADER
+    + """
 class SageAttnBackend(AttentionBackend):
     def __init__(self, model_runner: ModelRunner):
         super().__init__()
@@ -43,6 +45,7 @@ class SageAttnBackend(AttentionBackend):
     def _helper(self):
         return None
 """
+)
 
 
 def write_overlay(root: Path, source: str, rel: str = BACKEND) -> Path:
@@ -74,8 +77,10 @@ def test_seed_bug_tp_kv_head_num_is_reported(pristine_installed: Path, tmp_path:
 @pytest.mark.parametrize(
     ("snippet", "name"),
     [
-        ("from sglang.srt.layers.attention.triton_backend import NoSuchBackend\n",
-         "sglang.srt.layers.attention.triton_backend.NoSuchBackend"),
+        (
+            "from sglang.srt.layers.attention.triton_backend import NoSuchBackend\n",
+            "sglang.srt.layers.attention.triton_backend.NoSuchBackend",
+        ),
         ("from sglang.srt.layers.no_such_module import X\n", "sglang.srt.layers.no_such_module"),
         ("import sglang.srt.no_such_pkg\n", "sglang.srt.no_such_pkg"),
     ],
@@ -93,7 +98,9 @@ def test_forward_batch_and_model_runner_attributes(pristine_installed: Path, tmp
 
 
 def test_backend_method_rules(pristine_installed: Path, tmp_path: Path) -> None:
-    src = GOOD + """
+    src = (
+        GOOD
+        + """
     def init_forward_metadata_capture_cuda_graph(self, bs, num_tokens):
         pass
 
@@ -103,6 +110,7 @@ def test_backend_method_rules(pristine_installed: Path, tmp_path: Path) -> None:
     def public_helper(self):
         pass
 """
+    )
     found = misses(pristine_installed, write_overlay(tmp_path, src))
     text = "\n".join(map(str, found))
     assert "SageAttnBackend.init_forward_metadata_capture_cuda_graph" in text  # removed from 0.5.17's ABC
@@ -117,8 +125,9 @@ def test_relative_import_inside_overlay(pristine_installed: Path, tmp_path: Path
     assert [m.name for m in misses(pristine_installed, overlay)] == ["sglang.srt.layers.attention.sage_attn.helpers.Y"]
 
 
-def test_api_miss_refuses_apply_and_changes_nothing(installed: Path, tmp_path: Path, digest, capsys,
-                                                    monkeypatch) -> None:
+def test_api_miss_refuses_apply_and_changes_nothing(
+    installed: Path, tmp_path: Path, digest, capsys, monkeypatch
+) -> None:
     overlay = write_overlay(tmp_path, GOOD.replace("layer.tp_v_head_num", "layer.tp_kv_head_num"))
     import sglang_sage.overlay as overlay_mod
 

@@ -34,10 +34,14 @@ def assert_registered(pkg: Path) -> None:
     """sage_attn is registered (decorated factory) and accepted by server_args (ATTENTION_BACKEND_CHOICES)."""
     reg = ast.parse((pkg / REGISTRY).read_text())
     factories = [
-        f for f in reg.body if isinstance(f, ast.FunctionDef)
+        f
+        for f in reg.body
+        if isinstance(f, ast.FunctionDef)
         for d in f.decorator_list
-        if isinstance(d, ast.Call) and getattr(d.func, "id", "") == "register_attention_backend"
-        and isinstance(d.args[0], ast.Constant) and d.args[0].value == "sage_attn"
+        if isinstance(d, ast.Call)
+        and getattr(d.func, "id", "") == "register_attention_backend"
+        and isinstance(d.args[0], ast.Constant)
+        and d.args[0].value == "sage_attn"
     ]
     assert len(factories) == 1
     body = ast.unparse(factories[0])
@@ -45,7 +49,8 @@ def assert_registered(pkg: Path) -> None:
     assert "return SageAttnBackend(runner)" in body
     sa = ast.parse((pkg / SERVER_ARGS).read_text())
     choices = next(
-        n.value for n in sa.body
+        n.value
+        for n in sa.body
         if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ATTENTION_BACKEND_CHOICES"
     )
     values = [e.value for e in choices.elts]  # type: ignore[attr-defined]
@@ -231,7 +236,10 @@ def test_git_missing(installed: Path, tmp_path: Path, digest) -> None:
     before = digest(installed)
     proc = subprocess.run(
         [str(bindir / "python"), str(REPO / "apply.py"), "--sglang-dir", str(installed), "--no-tests"],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == ec.REFUSED, proc.stdout + proc.stderr
     assert "git not found on PATH" in proc.stdout + proc.stderr
@@ -242,7 +250,9 @@ def test_force_three_way_on_drifted_checkout(checkout: Path, capsys) -> None:
     """A committed local change far from the hunks: pins differ, --force merges with git apply --3way."""
     path = checkout / "python" / SERVER_ARGS
     path.write_text("# site-local header\n" + path.read_text())
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "local"], cwd=checkout, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "local"], cwd=checkout, check=True
+    )
     rep = refused(capsys, checkout)
     code, rep = run(capsys, "apply", "--sglang-dir", str(checkout), "--no-tests", "--no-build", "--force")
     assert code == 0, rep

@@ -21,8 +21,11 @@ def test_edit_adds_and_preserves_format(sdist_root: Path) -> None:
     data = tomllib.loads(result.text)
     assert "jinja2>=3.1.0" in data["project"]["dependencies"]
     assert data["project"]["optional-dependencies"]["sage"] == ["sageattention>=1.0.6"]
-    diff = [ln for ln in difflib.unified_diff(original.splitlines(), result.text.splitlines(), lineterm="", n=0)
-            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    diff = [
+        ln
+        for ln in difflib.unified_diff(original.splitlines(), result.text.splitlines(), lineterm="", n=0)
+        if ln[:1] in "+-" and not ln.startswith(("+++", "---"))
+    ]
     # only additions: comments, order, quoting of everything upstream wrote are untouched
     assert diff == ['+  "jinja2>=3.1.0",', '+sage = ["sageattention>=1.0.6"]']
 
