@@ -174,8 +174,9 @@ def capture_env(argv: Sequence[str] | None = None, extra_files: dict[str, str | 
         env["triton"] = pkg_version("triton")
     env["gpu_slug"] = gpu_slug(env.get("gpu"))
     env["files_sha256"] = {k: file_sha256(v) for k, v in (extra_files or {}).items()}
-    env["env_vars"] = {k: os.environ.get(k) for k in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES",
-                                                       "SGLANG_SAGE_STATS_DIR") if os.environ.get(k)}
+    env["env_vars"] = {k: os.environ.get(k) for k in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES", "CUDA_HOME",
+                                                       "SGLANG_SAGE_DECODE_BACKEND", "TRITON_INTERPRET")
+                       if os.environ.get(k)}
     return env
 
 
