@@ -46,8 +46,9 @@ THRESHOLDS: dict[str, tuple[float, str, str]] = {
     "decode_min_ratio": (0.8, "sage/baseline", "decode is delegated to the baseline's kernel: it must not get slower"),
     "kv_capacity_min_ratio": (0.99, "sage/baseline", "8-bit attention must not shrink the KV pool (same cache dtype)"),
     "peak_extra_max_mib": (512.0, "MiB", "scratch for INT8 K/fp16 V copies is per layer and small"),
-    "drift_local_max_rel_l2": (0.05, "relative L2",
-                               "one layer's 8-bit attention output vs bf16 SDPA on identical inputs"),
+    "drift_local_max_rel_l2": (0.10, "relative L2",
+                               "one layer's 8-bit attention output vs bf16 SDPA on identical inputs: INT8 QK with "
+                               "per-block scales gives a few % (cos ≥ 0.999); 10 % flags a broken kernel"),
     "drift_propagated_max_rel_l2": (0.25, "relative L2", "last layer after 30 layers of each run feeding itself"),
     "drift_logits_kl_max": (0.01, "nats/token", "full-vocabulary KL of the final logits (HF model), as kl_max"),
 }
@@ -397,7 +398,8 @@ def check_throughput(inp: Inputs, rows_b: list, rows_s: list) -> Check:
             continue
         metric, thr = ("input_tok_s", "prefill_min_ratio") if r["shape"] == "prefill" else ("output_tok_s",
                                                                                             "decode_min_ratio")
-        c.add(f"{name}: {metric.replace('_', ' ')} sage/baseline", r[metric] / b[metric], ">=", t[thr],
+        label = "input tok/s" if metric == "input_tok_s" else "output tok/s"
+        c.add(f"{name}: {label} sage/baseline", r[metric] / b[metric], ">=", t[thr],
               note=f"{b[metric]:,.0f} → {r[metric]:,.0f} tok/s; TTFT {_ms(b['ttft_s'])} → {_ms(r['ttft_s'])}")
     if not rows_s:
         c.error = "no throughput data: " + str(_phase_error(inp.sage or {}, "throughput") or "")[:500]

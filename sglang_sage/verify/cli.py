@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP check via `python -m sglang.launch_server` or `sglang serve`")
     p.add_argument("--no-preflight", action="store_true", help="do not require the overlay in the sglang package")
     p.add_argument("--prepare-model", action="store_true", help="only resolve/convert the default model and exit")
+    p.add_argument("--drift-lengths", help="comma list of sequence lengths for the drift check "
+                                           "(default 256,2048,<long window>; quick: 256,2048)")
+    # testing hooks (CPU runs against a fake sglang; see tests/verify/fake_sglang)
+    p.add_argument("--assume-gpu", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--drift-device", default="cuda", help=argparse.SUPPRESS)
     return p
 
 
@@ -402,8 +407,11 @@ class Run:
             return None, 0.0
         long_len = self.bucket_specs.get("long", {}).get("window")
         lengths = [256, 2048] + ([long_len] if long_len and not self.args.quick else [])
+        if self.args.drift_lengths:
+            lengths = [int(x) for x in self.args.drift_lengths.split(",") if x.strip()]
         job = {"repo_root": str(REPO_ROOT), "model": str(self.model.path), "workload_path": str(workload_path),
-               "lengths": lengths, "result_path": str(self.work / "result_drift.json"), "device": "cuda"}
+               "lengths": lengths, "result_path": str(self.work / "result_drift.json"),
+               "device": self.args.drift_device}
         job_path = self.work / "job_drift.json"
         job_path.write_text(json.dumps(job))
         self.console.print(f"== stage drift: HF model, SDPA vs sage kernel, lengths {lengths}, timeout {timeout:.0f}s",
@@ -529,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         thresholds = ck.parse_threshold_overrides(args.threshold)
         parse_kv(args.engine_arg, "--engine-arg")
         parse_kv(args.sage_engine_arg, "--sage-engine-arg")
+        if args.drift_lengths:
+            [int(x) for x in args.drift_lengths.split(",") if x.strip()]
     except ValueError as e:
         parser.print_usage(sys.stderr)
         print(f"verify.py: error: {e}", file=sys.stderr)
@@ -542,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SETUP
         console.print(f"model ready: {m.path} ({m.source})", "green")
         return EXIT_PASS
-    ok, why = gpu_status()
+    ok, why = (True, "") if args.assume_gpu else gpu_status()
     if not ok:
         print(f"verify.py: no CUDA GPU: {why}.\nverify.py measures sage_attn on a GPU (SGLang engines, Triton "
               f"kernels); run it on a machine with an NVIDIA GPU (sm90 for the offline bundle). "

