@@ -165,6 +165,21 @@ def reinstall_sigquit(engine: Any) -> None:
     signal.signal(signal.SIGQUIT, _on_sigquit)
 
 
+def take_over_sigquit(engine: Any) -> None:
+    """Create SGLang's request loop now (inside the engine's event loop, as the first request would)
+    and replace the SIGQUIT handler it installs, so that no request ever runs under a handler that
+    SIGKILLs this process when an engine subprocess fails."""
+    tm = getattr(engine, "tokenizer_manager", None)
+    loop = getattr(engine, "loop", None)
+    if tm is not None and loop is not None and getattr(tm, "event_loop", 1) is None \
+            and callable(getattr(tm, "auto_create_handle_loop", None)):
+        async def _init() -> None:
+            tm.auto_create_handle_loop()
+
+        loop.run_until_complete(_init())
+    reinstall_sigquit(engine)
+
+
 def start_watchdog(hard_limit_s: float, t0: float, on_fire: Callable[[], None]) -> None:
     """End the run (after saving) if it is still going at ``hard_limit_s``."""
     def run() -> None:
@@ -368,6 +383,10 @@ def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths
         with deadline(args.start_timeout_s):
             engine = sglang.Engine(**kw, **extra)
         rec["startup_s"] = round(time.time() - t, 1)
+        try:
+            take_over_sigquit(engine)
+        except Exception as exc:  # noqa: BLE001 - falls back to doing it after the first request
+            rec.setdefault("info", []).append(f"SIGQUIT take-over before the first request failed: {_err(exc)}")
         rec["resolved"] = _resolved(engine)
         rec["status"] = "running"
         R.log(f"[{cfg_name}] engine up in {rec['startup_s']}s; resolved {rec['resolved']}")

@@ -310,3 +310,53 @@ def test_kernel_main_cpu_dry_run(tmp_path: Path) -> None:
     else:
         assert sage.get("reason") or sage.get("error")
     assert (tmp_path / "kernels.md").exists()
+
+
+def test_e2e_sigquit_takeover_and_deadline() -> None:
+    import asyncio
+    import signal
+    import time
+
+    be = _load("bench_e2e")
+    be.kill_children = lambda: 0  # never touch the test runner's own child processes
+
+    class FakeTM:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.event_loop = None
+            self.loop = loop
+
+        def auto_create_handle_loop(self) -> None:  # like SGLang: must run inside the engine's loop
+            running = asyncio.get_running_loop()
+            assert running is self.loop
+            self.event_loop = running
+            running.add_signal_handler(signal.SIGQUIT, lambda: None)
+
+    class FakeEngine:
+        def __init__(self) -> None:
+            self.loop = asyncio.new_event_loop()
+            self.tokenizer_manager = FakeTM(self.loop)
+
+    old = signal.getsignal(signal.SIGQUIT)
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
+    eng = FakeEngine()
+    try:
+        be.take_over_sigquit(eng)
+        assert eng.tokenizer_manager.event_loop is eng.loop
+        assert signal.getsignal(signal.SIGQUIT) is be._on_sigquit
+        # a SIGQUIT outside an active engine is logged, not raised
+        be._on_sigquit(signal.SIGQUIT, None)
+        be._ENGINE_ACTIVE.set()
+        with pytest.raises(be.ChildFailed):
+            be._on_sigquit(signal.SIGQUIT, None)
+        assert not be._ENGINE_ACTIVE.is_set()
+        # deadline() interrupts a blocked main thread, and never fires after the block
+        signal.signal(signal.SIGUSR1, be._on_sigusr1)
+        with pytest.raises(be.CallTimeout), be.deadline(0.2):
+            time.sleep(5)
+        with be.deadline(0.05):
+            pass
+        time.sleep(0.2)
+    finally:
+        eng.loop.close()
+        signal.signal(signal.SIGQUIT, old)
+        signal.signal(signal.SIGUSR1, old_usr1)
