@@ -7,6 +7,7 @@ A check passes when all its criteria pass; it is ``error`` when something it nee
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from dataclasses import dataclass, field
@@ -146,18 +147,32 @@ def compare_bucket(base: dict[str, np.ndarray], sage: dict[str, np.ndarray]) -> 
             "mean_abs_dnll": float(np.abs(base["lp"] - sage["lp"]).mean()), **cmp.as_dict()}
 
 
+_TABLE_CACHE: dict[str, dict[str, Any]] = {}
+
+
 def bucket_table(base_res: dict, sage_res: dict, key_b: str = "accuracy", key_s: str = "accuracy") -> dict[str, Any]:
-    """Per-bucket comparisons, plus ``pooled`` over every scored position of every bucket."""
-    out: dict[str, Any] = {}
+    """Per-bucket comparisons, plus ``pooled`` over every scored position of every bucket.
+
+    Cached per input (the report is re-rendered after every stage; the npz files do not change).
+    """
     b_ph = (base_res.get("phases") or {}).get(key_b) or {}
     s_ph = (sage_res.get("phases") or {}).get(key_s) or {}
+    cache_key = json.dumps([b_ph, s_ph], sort_keys=True, default=str)
+    if cache_key not in _TABLE_CACHE:
+        _TABLE_CACHE[cache_key] = _bucket_table(b_ph, s_ph)
+    return _TABLE_CACHE[cache_key]
+
+
+def _bucket_table(b_ph: dict, s_ph: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     pooled: dict[str, list] = {k: [] for k in ("bi", "bl", "si", "sl", "blp", "slp", "btok", "stok")}
     for name in BUCKETS:
         b, s = b_ph.get(name), s_ph.get(name)
         if not b or not s or "npz" not in b or "npz" not in s:
             if b or s:
-                out[name] = {"error": "missing on one side: " + str((b or {}).get("skipped") or (s or {}).get("skipped")
-                                                                   or "not measured")}
+                why = [f"{side}: {x.get('error') or x.get('skipped') or 'not measured'}"
+                       for side, x in (("baseline", b or {}), ("sage", s or {})) if "npz" not in x]
+                out[name] = {"error": "; ".join(why)}
             continue
         try:
             bz, sz = load_npz(b["npz"]), load_npz(s["npz"])

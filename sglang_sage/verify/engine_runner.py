@@ -90,6 +90,18 @@ def extract_scored(meta: dict, window_tokens: list[int], logprob_start_len: int,
     return out
 
 
+def describe_output(out: dict, logprob_start_len: int) -> dict:
+    """A compact picture of one SGLang output, kept in the results when parsing it failed."""
+    meta = out.get("meta_info") or {}
+    itl, itop = meta.get("input_token_logprobs"), meta.get("input_top_logprobs")
+    return {"keys": sorted(out), "meta_keys": sorted(meta), "logprob_start_len": logprob_start_len,
+            "prompt_tokens": meta.get("prompt_tokens"),
+            "len_input_token_logprobs": None if itl is None else len(itl),
+            "len_input_top_logprobs": None if itop is None else len(itop),
+            "first_entries": repr(itl[:3]) if itl else None,
+            "first_top": repr(itop[:2])[:600] if itop else None}
+
+
 def pick_server_info(info: dict) -> dict:
     """The part of ``get_server_info()`` a report needs (the whole dict is saved separately)."""
     keys = ("attention_backend", "prefill_attention_backend", "decode_attention_backend", "sampling_backend",
@@ -348,33 +360,46 @@ class Worker:
             if self.time_left() < 15:
                 summary[bucket["name"]] = {"skipped": "time budget"}
                 continue
-            self.flush()  # no radix hits across buckets/runs: every window is a cold prefill
-            t0 = time.time()
-            parts: dict[str, list] = {"tok": [], "lp": [], "topk_ids": [], "topk_lp": [], "window": []}
-            wins = bucket["windows"]
-            chunk = 64 if bucket["window"] <= 512 else (16 if bucket["window"] <= 4096 else 4)
-            for c in range(0, len(wins), chunk):
-                group = wins[c:c + chunk]
-                ids = [self.tokens[b:e] for b, e, _ in group]
-                starts = [s - b - 1 for b, _, s in group]
-                outs = self.gen(ids, {"temperature": 0.0, "max_new_tokens": 1}, return_logprob=True,
-                                logprob_start_len=starts, top_logprobs_num=topk)
-                for i, ((b, _, s), o, w_ids) in enumerate(zip(group, outs, ids)):
-                    ex = extract_scored(o["meta_info"], w_ids, s - b - 1, s - b, topk)
-                    for k in ("tok", "lp", "topk_ids", "topk_lp"):
-                        parts[k].append(ex[k])
-                    parts["window"].append(np.full(len(ex["tok"]), c + i, np.int32))
-            arrays = {k: np.concatenate(v) for k, v in parts.items()}
-            path = self.work / f"acc_{self.tag}_{key}_{bucket['name']}.npz"
-            np.savez_compressed(path, **arrays)
-            nll = float(-arrays["lp"].mean())
-            summary[bucket["name"]] = {"npz": str(path), "positions": int(arrays["lp"].size),
-                                       "windows": len(wins), "mean_nll": nll, "seconds": round(time.time() - t0, 2)}
-            log(self.tag, f"  {key}/{bucket['name']}: {len(wins)} windows, {arrays['lp'].size} scored tokens, "
-                          f"ppl {np.exp(nll):.3f} ({time.time() - t0:.1f}s)")
+            try:
+                summary[bucket["name"]] = self._accuracy_bucket(key, bucket, topk)
+            except Exception as e:  # noqa: BLE001 - one bucket's failure must not cost the others
+                summary[bucket["name"]] = {"error": f"{type(e).__name__}: {e}",
+                                           "trace": traceback.format_exc()[-2000:]}
+                log(self.tag, f"  {key}/{bucket['name']} FAILED: {type(e).__name__}: {str(e)[:300]}")
             self.res.data["phases"][key] = summary
             self.res.save()
         self.snap(f"after_{key}")
+
+    def _accuracy_bucket(self, key: str, bucket: dict, topk: int) -> dict:
+        """All windows of one bucket, teacher-forced, after flush_cache (every window a cold prefill)."""
+        self.flush()
+        t0 = time.time()
+        parts: dict[str, list] = {"tok": [], "lp": [], "topk_ids": [], "topk_lp": [], "window": []}
+        wins = bucket["windows"]
+        chunk = 64 if bucket["window"] <= 512 else (16 if bucket["window"] <= 4096 else 4)
+        for c in range(0, len(wins), chunk):
+            group = wins[c:c + chunk]
+            ids = [self.tokens[b:e] for b, e, _ in group]
+            starts = [s - b - 1 for b, _, s in group]
+            outs = self.gen(ids, {"temperature": 0.0, "max_new_tokens": 1}, return_logprob=True,
+                            logprob_start_len=starts, top_logprobs_num=topk)
+            for i, ((b, _, s), o, w_ids) in enumerate(zip(group, outs, ids)):
+                try:
+                    ex = extract_scored(o["meta_info"], w_ids, s - b - 1, s - b, topk)
+                except Exception:
+                    self.res.data.setdefault("debug", {})[f"{key}_{bucket['name']}"] = describe_output(o, s - b - 1)
+                    raise
+                for k in ("tok", "lp", "topk_ids", "topk_lp"):
+                    parts[k].append(ex[k])
+                parts["window"].append(np.full(len(ex["tok"]), c + i, np.int32))
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        path = self.work / f"acc_{self.tag}_{key}_{bucket['name']}.npz"
+        np.savez_compressed(path, **arrays)
+        nll = float(-arrays["lp"].mean())
+        log(self.tag, f"  {key}/{bucket['name']}: {len(wins)} windows, {arrays['lp'].size} scored tokens, "
+                      f"ppl {np.exp(nll):.3f} ({time.time() - t0:.1f}s)")
+        return {"npz": str(path), "positions": int(arrays["lp"].size), "windows": len(wins), "mean_nll": nll,
+                "seconds": round(time.time() - t0, 2)}
 
     def run_passkey(self) -> None:
         self.flush()
@@ -409,7 +434,8 @@ class Worker:
                     outs = self.gen(ids, params)
                     return time.perf_counter() - t0, outs
 
-                timed(groups[0], sp)  # warm-up: compiles/tunes this shape
+                # warm-up: compiles this shape's kernels (a few decode steps are enough for that)
+                timed(groups[0], dict(sp, max_new_tokens=min(shape["output_len"], 16)))
                 walls, in_tok, out_tok, e2e = [], 0, 0, []
                 for g in groups[1:1 + shape["reps"]]:
                     wall, outs = timed(g, sp)
