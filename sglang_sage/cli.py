@@ -11,6 +11,7 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sglang_sage import build, engine, fetch, gpu_tests, maint
@@ -48,6 +49,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON report on stdout")
 
 
+def _patch_set_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--patch-set",
+        metavar="VERSION",
+        help="use patches/VERSION/ instead of the set matching the tree's SGLang version (its sha256 "
+        "pins are still checked: it applies only where the patched files are byte-identical)",
+    )
+
+
 def _apply_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force",
@@ -65,6 +75,12 @@ def _run_opts(p: argparse.ArgumentParser) -> None:
         help="interpreter of the SGLang environment, for build and GPU tests (default: this one)",
     )
     p.add_argument("--no-tests", action="store_true", help="do not run the GPU attention tests")
+    p.add_argument(
+        "--test-log",
+        type=Path,
+        metavar="FILE",
+        help="write the GPU tests' whole pytest output (verbose) to FILE, e.g. to commit it as evidence",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(p)
+    _patch_set_opt(p)
     _apply_opts(p)
     _run_opts(p)
     p.add_argument("--no-build", action="store_true", help="skip the rebuild step")
@@ -102,12 +119,15 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(p)
+    _patch_set_opt(p)
     p = sub.add_parser(
         "revert", help="restore the byte-identical pristine tree (hash-verified)", epilog=_epilog(), formatter_class=fmt
     )
     _common(p)
+    _patch_set_opt(p)
     p = sub.add_parser("check", help="every apply check, without writing", epilog=_epilog(), formatter_class=fmt)
     _common(p)
+    _patch_set_opt(p)
     _apply_opts(p)
     p = sub.add_parser(
         "test",
@@ -116,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(p)
+    _patch_set_opt(p)
     _run_opts(p)
     p = sub.add_parser(
         "manifest", help="maintenance: regenerate manifest hashes", epilog=_epilog(), formatter_class=fmt
@@ -132,16 +153,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _default_version() -> str:
+    """The newest GPU-verified patch set (newest of all when none is)."""
     versions = available_versions()
     if not versions:
         raise SageError(f"no patch sets under {PATCHES_DIR}")
-    return max(versions, key=Version)
+    gpu = [v for v in versions if Manifest.load(patchset_dir(v) / "manifest.toml").tier == "gpu"]
+    return max(gpu or versions, key=Version)
 
 
 def _target_dir(args: argparse.Namespace, console: Console) -> Path:
     if args.sglang_dir is not None:
         return args.sglang_dir
-    version = _default_version()
+    version = getattr(args, "patch_set", None) or _default_version()
     manifest = Manifest.load(patchset_dir(version) / "manifest.toml")
     dest = REPO / ".sglang" / version
     if not (dest / "python" / "sglang").is_dir():
@@ -173,12 +196,12 @@ def _render(report: engine.Report, console: Console) -> None:
         table.add_column("detail", overflow="fold")
         for i in report.items:
             step = i.step.split("-", 1)[0] if i.kind != "overlay" else "overlay"
-            table.add_row(step, i.path, f"[{_COLORS.get(i.state, 'white')}]{i.state}[/]", i.detail)
+            table.add_row(step, escape(i.path), f"[{_COLORS.get(i.state, 'white')}]{i.state}[/]", escape(i.detail))
         console.print(table)
     for a in report.actions:
-        console.print(f"  [green]•[/] {a}")
+        console.print(f"  [green]•[/] {escape(a)}")
     for w in report.warnings:
-        console.print(f"  [yellow]warning:[/] {w}")
+        console.print(f"  [yellow]warning:[/] {escape(w)}")
     if report.state:
         console.print(f"state: [{_COLORS.get(report.state, 'white')}]{report.state}[/]")
     if report.message:
@@ -250,7 +273,7 @@ def _gpu_tests(t: engine.Target, args: argparse.Namespace, report: engine.Report
         report.message = f"no registered tests matching {gpu_tests.TEST_GLOB} found"
         return
     progress(f"running {len(files)} GPU test file(s) on {gpu.detail}")
-    run = gpu_tests.run(t.layout, args.python, files)
+    run = gpu_tests.run(t.layout, args.python, files, log_path=args.test_log)
     if run.returncode != 0:
         report.exit_code = ec.TESTS_FAILED
         report.message = f"GPU tests failed ({' '.join(run.command)}):\n{run.output}"
@@ -290,7 +313,7 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         return _emit(report, args, console)
 
     target = _target_dir(args, console)
-    t = engine.open_target(target)
+    t = engine.open_target(target, patch_set=args.patch_set)
     if status_ctx is not None:
         status_ctx.start()
     try:
@@ -319,6 +342,12 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
     finally:
         if status_ctx is not None:
             status_ctx.stop()
+    if t.manifest.version != t.layout.version:
+        report.warnings.insert(
+            0,
+            f"--patch-set {t.manifest.version} on SGLang {t.layout.version}: the set was made for "
+            f"{t.manifest.version}; only its sha256 pins vouch for this tree",
+        )
     return _emit(report, args, console)
 
 

@@ -58,8 +58,17 @@ class TestRun:
     output: str
 
 
-def run(layout: Layout, python: str, files: list[Path]) -> TestRun:
-    """pytest the files with the target python from the tree root (so `import sglang` is the patched one)."""
-    cmd = [python, "-m", "pytest", "-q", "-x", *map(str, files)]
+def run(layout: Layout, python: str, files: list[Path], log_path: Path | None = None) -> TestRun:
+    """pytest the files with the target python from the tree root (so `import sglang` is the patched one).
+
+    With ``log_path`` the run is verbose (every test and its printed accuracy numbers) and its whole
+    output is written there; the report keeps the tail either way.
+    """
+    flags = ["-v", "-s", "-rA"] if log_path else ["-q", "-x"]
+    cmd = [python, "-m", "pytest", *flags, *map(str, files)]
     proc = subprocess.run(cmd, cwd=layout.root, capture_output=True, text=True, check=False)
-    return TestRun(cmd, proc.returncode, (proc.stdout + proc.stderr)[-6000:])
+    output = proc.stdout + proc.stderr
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"$ {' '.join(cmd)}\n(cwd {layout.root})\n\n{output}")
+    return TestRun(cmd, proc.returncode, output[-6000:])
