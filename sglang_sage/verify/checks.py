@@ -234,6 +234,7 @@ class Inputs:
     sage_backend: str = "sage_attn"
     accuracy_applicable: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+    overlay: dict | None = None  # envinfo.overlay_match: is the installed backend this checkout's code?
 
 
 def _stage_error(name: str, res: dict | None) -> str | None:
@@ -270,6 +271,11 @@ def check_runtime_flag(inp: Inputs) -> Check:
     crit.passed, crit.threshold = cli == inp.sage_backend, f"= {inp.sage_backend}"
     if probe:
         c.info["choices_has_sage"] = probe.get("choices_has_sage")
+    if inp.overlay and inp.overlay.get("checked") and inp.sage_backend == "sage_attn":
+        crit = c.add("installed sage_attn files identical to this checkout's overlay/",
+                     "yes" if inp.overlay.get("identical") else
+                     f"no: differ {inp.overlay.get('differ')}, missing {inp.overlay.get('missing')}")
+        crit.passed, crit.threshold = bool(inp.overlay.get("identical")), "yes"
     # Engine
     err = _stage_error("sage", inp.sage)
     sage = inp.sage or {}

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sage-engine-arg", action="append", metavar="KEY=VALUE", help="extra kwarg for sage only")
     p.add_argument("--server-entry", choices=("launch_server", "serve"), default="launch_server",
                    help="HTTP check via `python -m sglang.launch_server` or `sglang serve`")
-    p.add_argument("--no-preflight", action="store_true", help="do not require the overlay in the sglang package")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="do not require the installed sage_attn files to be this checkout's overlay/")
     p.add_argument("--prepare-model", action="store_true", help="only resolve/convert the default model and exit")
     p.add_argument("--drift-lengths", help="comma list of sequence lengths for the drift check "
                                            "(default 256,2048,<long window>; quick: 256,2048)")
@@ -231,6 +232,7 @@ class Run:
         self.selected, self.thresholds = selected, thresholds
         self.deadline = time.time() + args.time_budget
         self.env = envinfo.collect(REPO_ROOT, ["verify.py", *argv])
+        self.env["overlay"] = envinfo.overlay_match(REPO_ROOT / "overlay" / "sglang", sglang_package_dir())
         gpu_name = (self.env["gpu"] or {}).get("name") or "unknown-gpu"
         default_out = REPO_ROOT / "reports" / (version_of("sglang") or "unknown-sglang") / envinfo.slug(gpu_name)
         self.out = args.out or default_out
@@ -285,7 +287,8 @@ class Run:
         inp = ck.Inputs(base=self.results["baseline"], sage=self.results["sage"], drift=self.results["drift"],
                         server=self.results["server"], thresholds=self.thresholds,
                         sage_backend=self.args.sage_backend, accuracy_applicable=not self.dummy,
-                        notes={"accuracy": "--load-format dummy: random weights make accuracy meaningless"})
+                        notes={"accuracy": "--load-format dummy: random weights make accuracy meaningless"},
+                        overlay=None if self.args.no_preflight else self.env.get("overlay"))
         checks, tables = ck.evaluate(inp, self.selected, self.bucket_specs)
         if not final:
             for c in checks:

@@ -35,8 +35,33 @@ def git_commit(repo: Path) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
+    commit = run("rev-parse", "HEAD")
+    if commit is None:  # a copy of the tree without .git (e.g. sent to a GPU machine)
+        import os
+
+        return {"commit": os.environ.get("SGLANG_SAGE_GIT_COMMIT"), "dirty": None,
+                "note": "no git metadata; commit from $SGLANG_SAGE_GIT_COMMIT"}
     status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status)}
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def overlay_match(overlay_root: Path, package_dir: Path | None) -> dict[str, Any]:
+    """Do the installed sglang's sage_attn files equal this checkout's overlay? (proves which code ran)"""
+    import hashlib
+
+    if package_dir is None or not overlay_root.is_dir():
+        return {"checked": False}
+    files = sorted(p for p in overlay_root.rglob("*.py") if "__pycache__" not in p.parts)
+    differ, missing = [], []
+    for src in files:
+        rel = src.relative_to(overlay_root)
+        dst = package_dir / rel
+        if not dst.is_file():
+            missing.append(str(rel))
+        elif hashlib.sha256(src.read_bytes()).digest() != hashlib.sha256(dst.read_bytes()).digest():
+            differ.append(str(rel))
+    return {"checked": True, "files": len(files), "identical": not differ and not missing,
+            "differ": differ, "missing": missing, "package_dir": str(package_dir)}
 
 
 def gpu_info() -> dict[str, Any]:

@@ -235,6 +235,10 @@ def _env_rows(report: dict) -> list[list[Any]]:
     rows = [["GPU", gpu.get("name")], ["driver", gpu.get("driver")], ["CUDA (torch)", gpu.get("torch_cuda")],
             ["python", env.get("python")]]
     rows += [[k, v] for k, v in (env.get("packages") or {}).items() if v]
+    ov = env.get("overlay") or {}
+    if ov.get("checked"):
+        same = "yes" if ov.get("identical") else f"NO (differ: {ov.get('differ')}, missing: {ov.get('missing')})"
+        rows.append(["installed sage_attn files = this checkout's overlay", same])
     model = report.get("model") or {}
     rows += [["model", model.get("path")], ["model source", model.get("source")]]
     corpus = report.get("corpus") or {}

@@ -26,8 +26,8 @@ def run_fake(tmp_path: Path, *extra: str, env_extra: dict | None = None) -> tupl
                SGLANG_ENV_FILE=str(tmp_path / "noenv.sh"), **(env_extra or {}))
     p = subprocess.run([sys.executable, str(REPO / "verify.py"), "--assume-gpu", "--load-format", "dummy",
                         "--model", str(cfg), "--quick", "--out", str(out), "--work-dir", str(tmp_path / "work"),
-                        "--time-budget", "240", *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=400)
+                        "--time-budget", "240", "--no-preflight", *extra],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     rep = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     return p, rep
 
