@@ -2,7 +2,7 @@
 
 The server runs on 127.0.0.1 in its own process group, is asked one OpenAI-compatible completion
 (plain urllib), its ``/server_info`` is read, and it is killed at the end whatever happened. With
-``--server-entry serve`` the same flags go through ``sglang serve`` (``sglang.cli.main serve``).
+``--server-entry serve`` the same flags go through ``sglang serve`` (``sglang.cli.main:main``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def server_command(entry: str, engine_kwargs: dict[str, Any], port: int) -> list
     kw = dict(engine_kwargs)
     kw.pop("log_level", None)
     kw.update(host="127.0.0.1", port=port, skip_server_warmup=True, log_level="warning")
-    if entry == "serve":
-        return [sys.executable, "-m", "sglang.cli.main", "serve", "--model-type", "llm", *kwargs_to_cli(kw)]
+    if entry == "serve":  # the `sglang` console script; sglang/cli/main.py has no __main__ guard, so call main()
+        return [sys.executable, "-c", "from sglang.cli.main import main; main()", "serve", "--model-type", "llm",
+                *kwargs_to_cli(kw)]
     return [sys.executable, "-m", "sglang.launch_server", *kwargs_to_cli(kw)]
 
 

