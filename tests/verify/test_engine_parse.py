@@ -100,3 +100,35 @@ def test_perplexity_from_extracted_matches_hand_value():
     ex = engine_runner.extract_scored(fake_meta(toks, 0, 1), toks, 0, 1, 1)
     want = math.exp(np.mean([p / 10 for p in range(1, 20)]))
     assert math.exp(-ex["lp"].mean()) == pytest.approx(want)
+
+
+def test_mem_sampler_tracks_peak_with_nvml(monkeypatch):
+    import sys
+    import time
+    import types
+
+    used = iter([1, 5, 3] + [2] * 10_000)
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: ("h", i),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=next(used) * 2**20),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    s = engine_runner.MemSampler(period_s=0.001)
+    assert s.error is None and s._handle == ("h", 3)
+    s.start()
+    time.sleep(0.05)
+    s.stop()
+    assert s.peak_mib == 5 and s.samples >= 3
+
+
+def test_mem_sampler_without_nvml(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    s = engine_runner.MemSampler()
+    assert s.used_mib() is None and "NVML unavailable" in s.error
+    s.start()
+    s.stop()
+    assert s.peak_mib is None
