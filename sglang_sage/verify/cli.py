@@ -28,6 +28,7 @@ from .model import ModelChoice, ModelError, resolve_model
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_GPU, EXIT_SETUP = 0, 1, 2, 3, 4
 REPO_ROOT = Path(__file__).resolve().parents[2]
+OVERLAY_BASE_VERSION = "0.5.17"  # overlay/ is written against this SGLang release (docs/CONTRACTS.md)
 SITE = os.environ.get("SGLANG_SITE", "/tmp/site")
 ENV_FILE = os.environ.get("SGLANG_ENV_FILE", "/tmp/sglang_env.sh")
 ALIASES = {"flag": "runtime_flag", "runtime-flag": "runtime_flag", "kl": "logits", "ppl": "perplexity",
@@ -233,6 +234,8 @@ class Run:
         self.deadline = time.time() + args.time_budget
         self.env = envinfo.collect(REPO_ROOT, ["verify.py", *argv])
         self.env["overlay"] = envinfo.overlay_match(REPO_ROOT / "overlay" / "sglang", sglang_package_dir())
+        # the overlay is written against one release; others may install per-version patched copies
+        self.env["overlay"]["exact_expected"] = version_of("sglang") == OVERLAY_BASE_VERSION
         gpu_name = (self.env["gpu"] or {}).get("name") or "unknown-gpu"
         default_out = REPO_ROOT / "reports" / (version_of("sglang") or "unknown-sglang") / envinfo.slug(gpu_name)
         self.out = args.out or default_out

@@ -225,3 +225,13 @@ def test_report_render_and_plots(tmp_path, inputs):
 def test_plots_report_missing_data_without_raising(tmp_path):
     made = plots.make_all({}, ck.default_thresholds(), tmp_path)
     assert all(v.startswith("error:") for v in made.values())
+
+
+def test_installed_overlay_must_be_this_checkout(inputs):
+    inputs.overlay = {"checked": True, "identical": False, "differ": ["srt/x.py"], "missing": [],
+                      "exact_expected": True}
+    assert by_id(ck.evaluate(inputs, ["runtime_flag"], SPECS)[0])["runtime_flag"].status == "fail"
+    inputs.overlay["exact_expected"] = False  # another SGLang release: patched overlay copies are expected
+    assert by_id(ck.evaluate(inputs, ["runtime_flag"], SPECS)[0])["runtime_flag"].status == "pass"
+    inputs.overlay = {"checked": True, "identical": True, "differ": [], "missing": [], "exact_expected": True}
+    assert by_id(ck.evaluate(inputs, ["runtime_flag"], SPECS)[0])["runtime_flag"].status == "pass"
