@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_sage import apicheck
+from sglang_sage import apicheck, overlay_patches
 from sglang_sage import overlay as overlay_mod
 from sglang_sage.errors import APPLY_FAILED, OK, REFUSED, SageError
 from sglang_sage.gitapply import GitApply
@@ -115,15 +115,24 @@ class Target:
         return self.layout.root / ".sglang-sage"
 
 
-def open_target(sglang_dir: Path, overlay_root: Path | None = None, patches_root: Path | None = None) -> Target:
-    """Detect the tree and load the matching patch set; refuses (SageError) on anything unexpected."""
+def open_target(
+    sglang_dir: Path,
+    overlay_root: Path | None = None,
+    patches_root: Path | None = None,
+    patch_set: str | None = None,
+) -> Target:
+    """Detect the tree and load the matching patch set; refuses (SageError) on anything unexpected.
+
+    `patch_set` picks a set other than the tree's version (the set's sha256 pins are still checked).
+    Overlay patches of the set are applied to a scratch copy of the overlay (`overlay_patches`).
+    """
     layout = detect(sglang_dir)
-    directory = patchset_dir(layout.version, *([patches_root] if patches_root else []))
+    directory = patchset_dir(patch_set or layout.version, *([patches_root] if patches_root else []))
     series = load(directory)
     manifest = Manifest.load(directory / "manifest.toml")
-    if manifest.version != layout.version:
+    if manifest.version != layout.version and patch_set is None:
         raise SageError(f"{manifest.path}: pins SGLang {manifest.version}, tree is {layout.version}")
-    root = overlay_root or overlay_mod.OVERLAY_DIR
+    series, root = overlay_patches.effective_overlay(series, overlay_root or overlay_mod.OVERLAY_DIR)
     git = GitApply(layout)
     return Target(layout, series, manifest, root, overlay_mod.discover(root), git)
 
@@ -269,7 +278,7 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
     mismatched = [i for i in patch_items if i.state == DRIFTED]
     if mismatched and not force:
         raise SageError(
-            f"{t.layout.root}: {len(mismatched)} file(s) differ from the SGLang {t.layout.version} pins in "
+            f"{t.layout.root}: {len(mismatched)} file(s) differ from the SGLang {t.manifest.version} pins in "
             f"{t.manifest.path.name} (use --force for a 3-way apply)",
             details=[f"{i.path}: {i.detail}" for i in mismatched],
         )

@@ -32,7 +32,9 @@ def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> Path:
     if hits:
         return hits[-1]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest), spec]
-    cmd[5:5] = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    # `--no-binary :all:` would also build the sdist's build requirements from source to prepare its
+    # metadata (0.5.8 needs grpcio-tools: a C++ build of many minutes); only sglang must be the sdist.
+    cmd[5:5] = ["--no-binary", name] if sdist else ["--only-binary", ":all:"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     hits = sorted(dest.glob(pattern))
     if proc.returncode != 0 or not hits:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from sglang_sage import overlay as overlay_mod
+from sglang_sage import overlay_patches
 from sglang_sage.errors import SageError
 from sglang_sage.hashing import sha256_file
 from sglang_sage.layout import Layout
@@ -18,7 +19,7 @@ from sglang_sage.series import load
 
 def post_images(layout: Layout, patchset: Path) -> tuple[dict[str, str | None], dict[str, str | None]]:
     """Pre- and post-image sha256 of every patched file, computed on a scratch copy of the pristine files."""
-    series = load(patchset.resolve())
+    series, _ = overlay_patches.split(load(patchset.resolve()), overlay_mod.discover())
     pre: dict[str, str | None] = {}
     with tempfile.TemporaryDirectory(prefix="sglang-sage-manifest-") as tmp:
         scratch = Path(tmp)
@@ -51,6 +52,8 @@ def update(patchset: Path, layout: Layout | None, overlay_root: Path = overlay_m
         if layout.version != manifest.version:
             raise SageError(f"{layout.root} is SGLang {layout.version}, manifest pins {manifest.version}")
         manifest.pre, manifest.post = post_images(layout, patchset)
-    manifest.overlay = overlay_mod.entries(overlay_mod.discover(overlay_root))
+    # Pin what gets installed: the overlay with this set's overlay patches applied.
+    _, effective = overlay_patches.effective_overlay(load(patchset.resolve()), overlay_root)
+    manifest.overlay = overlay_mod.entries(overlay_mod.discover(effective))
     path.write_text(manifest.dump(), encoding="utf-8")
     return manifest

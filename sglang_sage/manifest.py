@@ -13,6 +13,8 @@ import tomlkit
 
 from sglang_sage.errors import SageError
 
+TIERS = ("gpu", "source")
+
 
 @dataclass(frozen=True)
 class OverlayEntry:
@@ -37,6 +39,8 @@ class Manifest:
     pre: dict[str, str | None] = field(default_factory=dict)
     post: dict[str, str | None] = field(default_factory=dict)
     overlay: list[OverlayEntry] = field(default_factory=list)
+    # "gpu": verified on our GPU machines (its torch pin is the GPU image's); "source": CPU checks only
+    tier: str = "source"
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -47,7 +51,7 @@ class Manifest:
         try:
             sg = data["sglang"]
             files = data.get("files", {})
-            return cls(
+            manifest = cls(
                 path=path,
                 version=sg["version"],
                 upstream_tag=sg["upstream_tag"],
@@ -57,9 +61,13 @@ class Manifest:
                 pre={k: (v.get("pre") or None) for k, v in files.items()},
                 post={k: (v.get("post") or None) for k, v in files.items()},
                 overlay=[OverlayEntry(o["src"], o["dest"], o["sha256"]) for o in data.get("overlay", [])],
+                tier=sg.get("tier", "source"),
             )
         except KeyError as exc:
             raise SageError(f"{path}: missing key {exc}") from exc
+        if manifest.tier not in TIERS:
+            raise SageError(f"{path}: tier = {manifest.tier!r}, expected one of {', '.join(TIERS)}")
+        return manifest
 
     def dump(self) -> str:
         """Serialise in a stable order so regenerated manifests diff cleanly."""
@@ -73,6 +81,7 @@ class Manifest:
         sg["torch"] = self.torch
         sg["requires_python"] = self.requires_python
         sg["python_versions"] = self.python_versions
+        sg["tier"] = self.tier
         doc["sglang"] = sg
         files = tomlkit.table(is_super_table=True)
         for name in sorted(set(self.pre) | set(self.post)):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import unidiff
+from packaging.version import InvalidVersion, Version
 
 from sglang_sage import dep3
 from sglang_sage.errors import SageError
@@ -95,13 +96,57 @@ def load(directory: Path) -> Series:
 
 def available_versions(root: Path = PATCHES_DIR) -> list[str]:
     """Versions that have a patch set (a directory with a series file)."""
-    return sorted(p.name for p in root.iterdir() if (p / "series").is_file()) if root.is_dir() else []
+    names = [p.name for p in root.iterdir() if (p / "series").is_file()] if root.is_dir() else []
+    return sorted(names, key=lambda n: (Version(n), n) if _is_version(n) else (Version("0"), n))
+
+
+def nearest_version(version: str, candidates: list[str]) -> str | None:
+    """The set next to `version` in release order: of its two neighbours, the one in the same
+    major.minor series with the smaller micro distance (the older one on a tie or otherwise)."""
+    if not _is_version(version):
+        return None
+    want = Version(version)
+    valid = sorted((Version(c), c) for c in candidates if _is_version(c))
+    lower = [c for c in valid if c[0] <= want]
+    upper = [c for c in valid if c[0] > want]
+    below, above = (lower[-1] if lower else None), (upper[0] if upper else None)
+    if below is None or above is None:
+        pick = below or above
+        return pick[1] if pick else None
+
+    def micro_gap(v: Version) -> int | None:
+        a, b = (v.release + (0, 0, 0))[:3], (want.release + (0, 0, 0))[:3]
+        return abs(a[2] - b[2]) if a[:2] == b[:2] else None
+
+    gap_below, gap_above = micro_gap(below[0]), micro_gap(above[0])
+    if gap_above is not None and (gap_below is None or gap_above < gap_below):
+        return above[1]
+    return below[1]
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def patchset_dir(version: str, root: Path = PATCHES_DIR) -> Path:
-    """The patch set for exactly this SGLang version, or a refusal naming what exists."""
+    """The patch set for exactly this SGLang version, or a refusal naming what exists and the nearest."""
     directory = root / version
     if not (directory / "series").is_file():
-        have = ", ".join(available_versions(root)) or "none"
-        raise SageError(f"SGLang {version} is not supported: no patch set patches/{version}/ (available: {have})")
+        have = available_versions(root)
+        near = nearest_version(version, have)
+        raise SageError(
+            f"SGLang {version} is not supported: no patch set patches/{version}/ "
+            f"(supported: {', '.join(have) or 'none'})",
+            details=[
+                f"nearest patch set: {near}; try it with --patch-set {near} (its sha256 pins are still "
+                "checked, so it applies only where the patched files are byte-identical, or with --force "
+                "as a 3-way merge on a git checkout)"
+            ]
+            if near
+            else [],
+        )
     return directory
