@@ -64,6 +64,24 @@ def _default_decode_backend() -> str:
     return "flashinfer"
 
 
+def _resolved_decode_backend(model_runner: ModelRunner) -> str:
+    """The decode backend SGLang resolved (version-neutral: 0.5.23 stamps it on the runner before
+    building backends and dropped ServerArgs.get_attention_backends; 0.5.8/0.5.17 have the method)."""
+    name = getattr(model_runner, "decode_attention_backend_str", None)
+    if name:
+        return name
+    return model_runner.server_args.get_attention_backends()[1]
+
+
+def _tp_rank() -> int:
+    try:
+        from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
+
+        return int(get_tensor_model_parallel_rank())
+    except Exception:  # noqa: BLE001 - no TP group (unit tests): rank 0
+        return 0
+
+
 class SageAttnBackend(AttentionBackend):
     """8-bit prefill/extend; decode delegated to an existing backend (see module docstring)."""
 
@@ -78,7 +96,7 @@ class SageAttnBackend(AttentionBackend):
         self.forward_metadata: Optional[SageForwardMetadata] = None
         self._checked_layers: set[int] = set()
 
-        _, decode_name = model_runner.server_args.get_attention_backends()
+        decode_name = _resolved_decode_backend(model_runner)
         self.decode_backend: Optional[AttentionBackend] = None
         if decode_name == BACKEND_NAME:
             decode_name = os.environ.get(DECODE_BACKEND_ENV) or _default_decode_backend()
@@ -95,7 +113,7 @@ class SageAttnBackend(AttentionBackend):
         else:
             decode_desc = f"{decode_name} (SGLang hybrid mode)"
         self.decode_backend_name = decode_name
-        self.stats = SageStats(decode_name, tp_rank=getattr(model_runner, "tp_rank", 0))
+        self.stats = SageStats(decode_name, tp_rank=_tp_rank())
         self.stats.publish()
         logger.info(
             "sage_attn: prefill/extend = 8-bit Triton kernels (INT8 Q/K with K smoothing, fp16 P·V, "
