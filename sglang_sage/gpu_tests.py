@@ -66,9 +66,15 @@ def run(layout: Layout, python: str, files: list[Path], log_path: Path | None = 
     """
     flags = ["-v", "-s", "-rA"] if log_path else ["-q", "-x"]
     cmd = [python, "-m", "pytest", *flags, *map(str, files)]
-    proc = subprocess.run(cmd, cwd=layout.root, capture_output=True, text=True, check=False)
-    output = proc.stdout + proc.stderr
     if log_path:
+        # Streamed, so a run cut short (timeout, crash) still leaves its log behind.
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(f"$ {' '.join(cmd)}\n(cwd {layout.root})\n\n{output}")
+        with log_path.open("w") as log:
+            log.write(f"$ {' '.join(cmd)}\n(cwd {layout.root})\n\n")
+            log.flush()
+            proc = subprocess.run(cmd, cwd=layout.root, stdout=log, stderr=subprocess.STDOUT, check=False)
+        output = log_path.read_text()
+    else:
+        proc = subprocess.run(cmd, cwd=layout.root, capture_output=True, text=True, check=False)
+        output = proc.stdout + proc.stderr
     return TestRun(cmd, proc.returncode, output[-6000:])

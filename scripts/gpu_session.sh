@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One phase of the GPU evidence run, on the lent H100/H200 (device tool), from the repo root.
+# The offline SGLang bundle (shared/device/README.md) must have been stashed by the two calls before
+# `build`. $OUT is the device tool's output folder (at most 8 files come back: logs are kept few).
+#
+#   bash scripts/gpu_session.sh build    # setup.sh build, apply.py --no-tests, kernel benchmark
+#   bash scripts/gpu_session.sh tests    # apply.py test: the registered sage_attn tests, full log
+#   bash scripts/gpu_session.sh verify   # verify.py with SmolLM2 (needs SGLANG_SAGE_GIT_COMMIT)
+#   bash scripts/gpu_session.sh e2e      # benchmarks/bench_e2e.py (Llama-3.1-8B geometry, dummy weights)
+set -uo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT="${OUT:?set OUT}"
+phase="${1:?phase: build|tests|verify|e2e}"
+
+env_setup() {
+  if [ -d .whl ] && ! PYTHONPATH=/tmp/site python3 -c "import git, unidiff, tomlkit" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+  fi
+  export PYTHONPATH=/tmp/site
+  # shellcheck disable=SC1091
+  source /tmp/sglang_env.sh
+  if ! command -v git >/dev/null; then
+    export PATH="$PWD/scripts/nogit:$PATH"
+    echo "NOTE: no git on this machine: apply.py runs with scripts/nogit/git (exact-context git apply stand-in)"
+  fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+}
+
+case "$phase" in
+  build)
+    bash .device/setup.sh build >"$OUT/setup.log" 2>&1 || { echo "setup.sh build failed"; tail -40 "$OUT/setup.log"; exit 1; }
+    tail -5 "$OUT/setup.log"
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$OUT/apply.json" 2>"$OUT/apply.err"
+    echo "apply rc=$?"; tail -c 1500 "$OUT/apply.json"; tail -5 "$OUT/apply.err"
+    timeout 400 python3 benchmarks/bench_kernels.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_kernels.log" | tail -60
+    ;;
+  tests)
+    env_setup
+    python3 apply.py test --sglang-dir /tmp/site --test-log "$OUT/registered_tests.log" --json >"$OUT/apply_test.json"
+    echo "apply test rc=$?"
+    grep -E "PASSED|FAILED|ERROR|passed|failed|agreement|counters|cosine" "$OUT/registered_tests.log" | tail -60
+    ;;
+  verify)
+    env_setup
+    timeout 560 python3 verify.py --out "$OUT/verify" 2>&1 | tee "$OUT/verify.log" | tail -60
+    if [ -d "$OUT/verify/logs" ]; then tar czf "$OUT/verify_logs.tgz" -C "$OUT/verify" logs && rm -rf "$OUT/verify/logs"; fi
+    ls -la "$OUT" "$OUT/verify"
+    ;;
+  e2e)
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
+    timeout 560 python3 benchmarks/bench_e2e.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_e2e.log" | tail -60
+    ;;
+  *) echo "unknown phase $phase"; exit 2 ;;
+esac
