@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sglang_sage import build, engine, fetch, gpu_tests, maint
+from sglang_sage import build, engine, fetch, gpu_tests, maint, pr
 from sglang_sage import errors as ec
 from sglang_sage.errors import SageError
 from sglang_sage.layout import LayoutKind, detect
@@ -22,7 +22,7 @@ from sglang_sage.manifest import Manifest
 from sglang_sage.series import PATCHES_DIR, available_versions, patchset_dir
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("apply", "status", "revert", "check", "test", "manifest")
+COMMANDS = ("apply", "status", "revert", "check", "test", "manifest", "pr")
 
 
 def _epilog() -> str:
@@ -149,6 +149,18 @@ def parser() -> argparse.ArgumentParser:
         help="patch set to refresh; overlay hashes always, pre/post-image hashes from --sglang-dir "
         "(a pristine tree) or the fetched release",
     )
+    p = sub.add_parser(
+        "pr",
+        help="upstream PR: branch sage-attn/<version>, one commit per step, format-patch series + PR.md",
+        epilog=_epilog(),
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--out", type=Path, metavar="DIR", required=True, help="new or empty directory for *.patch + PR.md")
+    p.add_argument(
+        "--report", type=Path, metavar="JSON", help="verify.py report.json whose tables and plots go in PR.md"
+    )
+    p.add_argument("--author", metavar="'NAME <MAIL>'", help="commit author (default: the patches' From: line)")
     return top
 
 
@@ -294,6 +306,18 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         if status_ctx is not None:
             status_ctx.update(f"{msg}...")
 
+    if args.command == "pr":
+        if args.report is not None:
+            pr.load_report(args.report)  # a broken report is refused before a checkout is even fetched
+        target = _target_dir(args, console)
+        if status_ctx is not None:
+            status_ctx.start()
+        try:
+            result = pr.prepare(target, args.out, report=args.report, author=args.author, progress=progress)
+        finally:
+            if status_ctx is not None:
+                status_ctx.stop()
+        return _emit_pr(result, args, console)
     if args.command == "manifest":
         directory = patchset_dir(args.update)
         layout = None
@@ -349,6 +373,36 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
             f"{t.manifest.version}; only its sha256 pins vouch for this tree",
         )
     return _emit(report, args, console)
+
+
+def _emit_pr(result: pr.PrResult, args: argparse.Namespace, console: Console) -> int:
+    """`pr` has its own result type (commits, written files, self-check verdict), not an engine.Report."""
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return result.exit_code
+    console.print(f"[bold]pr[/] {result.target}  (SGLang {result.version}, base {result.base[:12]})")
+    table = Table(expand=False)
+    for col in ("commit", "step", "subject", "files"):
+        table.add_column(col, overflow="fold")
+    for c in result.commits:
+        table.add_row(c.sha[:12], escape(c.step), escape(c.subject), str(len(c.files)))
+    console.print(table)
+    for s in result.skipped:
+        console.print(f"  [dim]no commit:[/] {escape(s)}")
+    for w in result.written:
+        console.print(f"  [green]•[/] wrote {escape(w)}")
+    for w in result.warnings:
+        console.print(f"  [yellow]warning:[/] {escape(w)}")
+    v = result.verdict
+    mark = "[green]ok[/]" if v.ok else "[red]MISMATCH[/]"
+    console.print(
+        f"self-check {mark}: git am {'applies' if v.git_am else 'FAILS'}; trees: branch {v.branch_tree[:12]}, "
+        f"git am {v.am_tree[:12] or '-'}, apply {v.apply_tree[:12] or '-'}"
+    )
+    for d in v.details:
+        console.print(f"  - {escape(d)}")
+    console.print(f"[{'green' if result.exit_code == ec.OK else 'red'}]{escape(result.message)}[/]")
+    return result.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
