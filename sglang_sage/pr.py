@@ -391,9 +391,13 @@ def prepare(
     t = engine.open_target(sglang_dir, overlay_root, patches_root)
     layout = t.layout
     if layout.kind is not LayoutKind.GIT_CHECKOUT or not layout.is_git:
+        what = {
+            LayoutKind.INSTALLED: "an installed package",
+            LayoutKind.SOURCE_TREE: "a source tree (unpacked sdist)",
+        }.get(layout.kind, "a checkout without .git")
         raise SageError(
-            f"{layout.root}: is a {layout.kind.value}, not a git checkout; a pull request needs the SGLang git "
-            "repository (DIR/python/sglang + DIR/.git)"
+            f"{layout.root}: not a git checkout but {what}; a pull request needs the SGLang git repository "
+            "(DIR/python/sglang + DIR/.git)"
         )
     root = layout.root
     if t.git.prefix:
