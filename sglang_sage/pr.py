@@ -444,7 +444,7 @@ def prepare(
                 "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects_dir),
             }
         )
-        steps, skipped = _plan(t, root, env, identity)
+        steps, skipped, adapted = _plan(t, root, env, identity)
         progress("building the commit series")
         _git(root, "read-tree", base_sha, step="reading the base tree", env=env)
         parent = base_sha
@@ -475,11 +475,14 @@ def prepare(
             progress(f"creating branch {branch}")
             published = _publish_objects(scratch, objects_dir)
             _git(root, "update-ref", "-m", "sglang-sage pr", ref, parent, ZERO_OID, step=f"creating branch {branch}")
-            commits = _describe(root, base_sha, built)
+            commits = _describe(root, base_sha, built, adapted)
             progress("writing the format-patch series")
             out.mkdir(parents=True, exist_ok=True)
+            # explicit flags: a user's format.* / diff.* config (cover letter, sign-off, suffix, no prefix,
+            # attachments, notes) must not change what `git am DIR/*.patch` sees
             names = _out(
-                root, "format-patch", "--no-signature", "--src-prefix=a/", "--dst-prefix=b/", "--no-color",
+                root, "format-patch", "--no-signature", "--no-cover-letter", "--suffix=.patch", "--no-signoff",
+                "--no-attach", "--no-notes", "--no-from", "--no-thread", "--src-prefix=a/", "--dst-prefix=b/",
                 "-o", str(out.resolve()), f"{base_sha}..{ref}", step="git format-patch",
             ).splitlines()
             written += [Path(n) for n in names]
@@ -537,8 +540,9 @@ def prepare(
 
 def _plan(
     t: engine.Target, root: Path, env: dict[str, str], identity: Identity | None
-) -> tuple[list[_Step], list[str]]:
-    """The commits to build, in order: overlay, then the series' SGLang patches and edit step."""
+) -> tuple[list[_Step], list[str], dict[str, list[str]]]:
+    """The commits to build, in order: overlay, then the series' SGLang patches and edit step; also which
+    overlay files the set's overlay patches adapted (for the "what changed" table)."""
     full = load_series(t.series.directory)
     _, overlay_steps = overlay_patches.split(full, t.overlay_files)
     mails = {p.name: mail_header(p.path) for p in full.patches}
@@ -550,6 +554,7 @@ def _plan(
         raise SageError(f"{t.series.directory}: no patch has a From: line; pass --author 'Name <mail>'")
     version = t.layout.version
     skipped: list[str] = []
+    adapted = {of.dest: [s.name for s in overlay_steps if of.dest in s.files] for of in t.overlay_files}
 
     def add_overlay() -> str | None:
         if not t.overlay_files:
@@ -598,7 +603,7 @@ def _plan(
             steps.append(
                 _Step(name, subject, body, _trailers(item.header), fallback, date, _edit_change(root, env, item))
             )
-    return steps, skipped
+    return steps, skipped, adapted
 
 
 def _patch_change(root: Path, env: dict[str, str], step: PatchStep) -> Callable[[], str | None]:
@@ -661,7 +666,9 @@ def _rollback(root: Path, ref: str, published: list[Path], written: list[Path], 
         created_out.rmdir()
 
 
-def _describe(root: Path, base: str, built: list[tuple[_Step, str]]) -> list[Commit]:
+def _describe(
+    root: Path, base: str, built: list[tuple[_Step, str]], adapted: dict[str, list[str]]
+) -> list[Commit]:
     commits: list[Commit] = []
     parent = base
     for s, sha in built:
@@ -669,7 +676,9 @@ def _describe(root: Path, base: str, built: list[tuple[_Step, str]]) -> list[Com
         files = []
         for line in numstat.splitlines():
             plus, minus, path = line.split("\t", 2)
-            source = s.name if s.name != "overlay" else "overlay/" + path.removeprefix("python/")
+            source = s.name
+            if s.name == "overlay":
+                source = " + ".join(["overlay/" + path.removeprefix("python/"), *adapted.get(path, [])])
             files.append(FileChange(path, source, int(plus) if plus != "-" else 0, int(minus) if minus != "-" else 0))
         commits.append(Commit(sha, s.subject, s.name, files))
         parent = sha

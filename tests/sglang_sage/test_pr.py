@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sglang_sage import engine, pr
+from sglang_sage import engine, fetch, pr
 from sglang_sage import errors as ec
 from sglang_sage.cli import main
 from sglang_sage.errors import SageError
@@ -162,6 +163,29 @@ def test_pr_author_and_pyproject_edit_commit(co: Path, sdist_root: Path, tmp_pat
     assert len(list(out.glob("*.patch"))) == 3
     assert "From: Jane Doe <jane@example.org>" in next(out.glob("0003-*")).read_text()
     assert git(co, "status", "--porcelain") == ""
+
+
+def test_pr_058_overlay_patch_and_real_pyproject(tmp_path: Path, capsys) -> None:
+    """0.5.8: the overlay commit carries the set's overlay patch (what apply installs), the real pyproject
+    gets the edit commit, and both git am and apply reproduce the branch."""
+    co = tmp_path / "sglang"
+    with tarfile.open(fetch.sdist("0.5.8")) as tf:
+        tf.extractall(tmp_path, filter="data")
+    co.mkdir()
+    (tmp_path / "sglang-0.5.8").rename(co / "python")
+    for args in (("init", "-q"), ("add", "-A"), ("commit", "-q", "-m", "SGLang v0.5.8 (sdist)"), ("tag", "v0.5.8")):
+        git(co, *args)
+    code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(tmp_path / "out"))
+    assert code == ec.OK and rep["verdict"]["ok"], rep
+    assert [c["step"] for c in rep["commits"]][::2] == ["overlay", "0002-pyproject-sage-dependencies.edit.toml"]
+    backend = git(co, "show", "sage-attn/0.5.8:python/sglang/srt/layers/attention/sage_attn_backend.py")
+    assert "def init_forward_metadata_replay_cuda_graph(" in backend
+    assert "def init_forward_metadata_out_graph(" not in backend
+    overlay_body = git(co, "log", "-1", "--format=%b", "sage-attn/0.5.8~2")
+    assert "Adapted to SGLang 0.5.8 by 0003-sage_attn-use-SGLang-0.5.8-CUDA-graph-hooks-and-CI-registration" in (
+        overlay_body
+    )
+    assert "+ 0003-sage_attn-use-SGLang-0.5.8" in (tmp_path / "out/PR.md").read_text()
 
 
 def _dirty(co: Path, tmp: Path) -> list[str]:
