@@ -184,9 +184,18 @@ def load_report(path: Path) -> VerifyReport:
 # ----------------------------------------------------------------------------- git
 
 
+_REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
+
+
 def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without GIT_* overrides (a hook's GIT_DIR must not redirect us)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    """The caller's environment without variables that point git elsewhere (a hook's GIT_DIR must not
+    redirect us) or set identities (authorship comes from the patches or --author)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _REDIRECTING and not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_"))
+    }
     env.update(extra or {})
     return env
 
@@ -384,7 +393,7 @@ def prepare(
     """
     verify_report = load_report(report) if report is not None else None
     identity = parse_author(author) if author is not None else None
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SageError(f"--out {out}: exists and is not an empty directory (the series must not mix with old mails)")
 
@@ -400,6 +409,8 @@ def prepare(
             "(DIR/python/sglang + DIR/.git)"
         )
     root = layout.root
+    if out.resolve() == root or root in out.resolve().parents:
+        raise SageError(f"--out {out}: is inside the checkout {root}; the mails would dirty the tree they describe")
     if t.git.prefix:
         raise SageError(f"{root}: is a subdirectory ({t.git.prefix}) of a git repository; name the repository root")
     step = "checking the checkout"

@@ -237,6 +237,10 @@ def _bad_author(co: Path, tmp: Path) -> list[str]:
     return ["--sglang-dir", str(co), "--author", "just a name"]
 
 
+def _out_inside(co: Path, tmp: Path) -> list[str]:
+    return ["--sglang-dir", str(co), "--out", str(co / "pr")]
+
+
 def _out_not_empty(co: Path, tmp: Path) -> list[str]:
     (tmp / "out").mkdir()
     (tmp / "out" / "0001-old.patch").write_text("old\n")
@@ -254,6 +258,7 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "broken-report": (_broken_report, "not valid JSON"),
     "bad-author": (_bad_author, "expected 'Name <user@host>'"),
     "out-not-empty": (_out_not_empty, "not an empty directory"),
+    "out-inside-checkout": (_out_inside, "is inside the checkout"),
 }
 
 
@@ -264,7 +269,7 @@ def test_pr_refuses_and_changes_nothing(case: str, co: Path, tmp_path: Path, dig
     out = tmp_path / "out"
     before, before_refs = digest(co), refs(co)
     out_before = sorted(p.name for p in out.iterdir()) if out.exists() else None
-    code, rep = run_pr(capsys, *argv, "--out", str(out))
+    code, rep = run_pr(capsys, "--out", str(out), *argv)  # argv may name another --out
     assert code == ec.REFUSED, rep
     assert message in rep["message"], rep
     assert digest(co) == before and refs(co) == before_refs
