@@ -59,13 +59,23 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "accuracy": [], "sweep": [], "baselines": []}
+    res = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "accuracy": [],
+        "sweep": [],
+        "baselines": [],
+    }
     torch.manual_seed(0)
     # 1. accuracy at real sizes (default configs)
     for q_lens, pre, hq, hkv, d in [
-        ([1024], [0], 32, 8, 128), ([300, 1, 2000, 7], [0, 500, 3000, 9], 32, 8, 128),
-        ([4096], [4096], 9, 3, 64), ([513, 1, 77], [0, 8000, 100], 9, 3, 64), ([2048], [0], 8, 8, 128),
+        ([1024], [0], 32, 8, 128),
+        ([300, 1, 2000, 7], [0, 500, 3000, 9], 32, 8, 128),
+        ([4096], [4096], 9, 3, 64),
+        ([513, 1, 77], [0, 8000, 100], 9, 3, 64),
+        ([2048], [0], 8, 8, 128),
         ([1000], [24], 16, 2, 64),
     ]:
         q, kb, vb, qo, kvp, idx, _ = make(q_lens, pre, hq, hkv, d)
@@ -75,8 +85,12 @@ def main() -> None:
         res["accuracy"].append({"q_lens": q_lens, "prefix": pre, "hq": hq, "hkv": hkv, "d": d, **a})
         print("acc", q_lens, pre, hq, hkv, d, a, flush=True)
     # 2. sweep
-    shapes = [([16384], [0], 32, 8, 128), ([8192], [8192], 32, 8, 128), ([16384], [0], 9, 3, 64),
-              ([4096], [0], 32, 8, 128)]
+    shapes = [
+        ([16384], [0], 32, 8, 128),
+        ([8192], [8192], 32, 8, 128),
+        ([16384], [0], 9, 3, 64),
+        ([4096], [0], 32, 8, 128),
+    ]
     grid = list(itertools.product([64, 128], [64, 128], [4, 8], [2, 3, 4]))
     if args.quick:
         grid = grid[:6]
@@ -90,8 +104,9 @@ def main() -> None:
             K._CONFIGS[d] = cfg
             plan = build_plan(q_lens, kv_lens, "cuda", bm, bn)
             try:
-                ms = triton.testing.do_bench(lambda: run_planned(q, kb, vb, plan, idx, row_off, d),
-                                             warmup=25, rep=100, return_mode="median")
+                ms = triton.testing.do_bench(
+                    lambda: run_planned(q, kb, vb, plan, idx, row_off, d), warmup=25, rep=100, return_mode="median"
+                )
             except Exception as e:  # out of resources etc.
                 res["sweep"].append({"shape": [q_lens, pre, hq, hkv, d], "cfg": [bm, bn, w, s], "error": repr(e)[:200]})
                 continue
@@ -106,6 +121,7 @@ def main() -> None:
         # baselines: SDPA cuDNN / flash (prefix 0 only: top-left == bottom-right)
         if pre == [0]:
             from torch.nn.attention import SDPBackend, sdpa_kernel
+
             L = q_lens[0]
             qq = torch.randn(1, hq, L, d, device="cuda", dtype=torch.bfloat16)
             kk = torch.randn(1, hkv, L, d, device="cuda", dtype=torch.bfloat16)
@@ -118,10 +134,14 @@ def main() -> None:
                         f = lambda: torch.nn.functional.scaled_dot_product_attention(qq, kx, vx, is_causal=True)
                         f()
                         ms = triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median")
-                    res["baselines"].append({"shape": [q_lens, pre, hq, hkv, d], "backend": name, "ms": ms, "tflops": fl / ms / 1e9})
+                    res["baselines"].append(
+                        {"shape": [q_lens, pre, hq, hkv, d], "backend": name, "ms": ms, "tflops": fl / ms / 1e9}
+                    )
                     print("base", name, q_lens, hq, hkv, d, ms, fl / ms / 1e9, flush=True)
                 except Exception as e:
-                    res["baselines"].append({"shape": [q_lens, pre, hq, hkv, d], "backend": name, "error": repr(e)[:200]})
+                    res["baselines"].append(
+                        {"shape": [q_lens, pre, hq, hkv, d], "backend": name, "error": repr(e)[:200]}
+                    )
         (out / "tune.json").write_text(json.dumps(res, indent=1))
     (out / "tune.json").write_text(json.dumps(res, indent=1))
 
