@@ -356,6 +356,18 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
 # ----------------------------------------------------------------------------- apply
 
 
+
+def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[Item]:
+    """Status of every step after writing; raising inside the transaction rolls the writes back.
+
+    The items are also the report's, so the tree is hashed once, not twice.
+    """
+    items = status_items(t)
+    bad = [i for i in items if i.state not in allowed]
+    if bad:
+        raise SageError(failure, code=APPLY_FAILED, details=[f"{i.path}: {i.state} {i.detail}" for i in bad])
+    return items
+
 def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
     """Apply patches, the pyproject edit and the overlay as one transaction."""
     items = status_items(t)
@@ -408,16 +420,11 @@ def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
             report.actions.append(f"installed {len(plan.overlay)} overlay file(s)")
         tx.write_bytes(state_dir / STATE_FILE, json.dumps(state, indent=2).encode())
 
-        if not force:
-            after = status_items(t)
-            bad = [i for i in after if i.state not in (APPLIED, NA)]
-            if bad:
-                raise SageError(
-                    "post-apply verification failed; rolled back",
-                    code=APPLY_FAILED,
-                    details=[f"{i.path}: {i.state} {i.detail}" for i in bad],
-                )
-    report.items = status_items(t)
+        if force:
+            items = status_items(t)
+        else:
+            items = _require_states(t, (APPLIED, NA), "post-apply verification failed; rolled back")
+    report.items = items
     report.state = overall(report.items)
     report.message = f"applied sage_attn to {t.layout.root}"
     return report
@@ -508,15 +515,8 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
                 tx.remove_empty_dirs(d, state_dir)
             tx.remove_empty_dirs(state_dir, state_dir.parent)
 
-        after = status_items(t)
-        bad = [i for i in after if i.state not in (PRISTINE, NA)]
-        if bad:
-            raise SageError(
-                "revert did not reach the pinned pre-image; rolled back",
-                code=APPLY_FAILED,
-                details=[f"{i.path}: {i.state} {i.detail}" for i in bad],
-            )
-    report.items = status_items(t)
+        items = _require_states(t, (PRISTINE, NA), "revert did not reach the pinned pre-image; rolled back")
+    report.items = items
     report.state = overall(report.items)
     report.message = f"reverted {t.layout.root} to pristine SGLang {t.layout.version} (pre-image pins verified)"
     return report
