@@ -78,6 +78,63 @@ def test_smoothing_makes_a_large_key_offset_harmless(sage_attn):
     assert sage_attn["reference"].accuracy(out, ref)["cosine"] >= MIN_COSINE
 
 
+def _run_cuts(kernels, q, kb, vb, slots, cuts):
+    """Run one sequence as consecutive extends (cut points in ``cuts``) over the same KV pool, as a
+    chunked prefill or a radix-cache hit does, and return the rows stitched together."""
+    outs = []
+    bounds = [0, *cuts, q.shape[0]]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qo = torch.tensor([0, b - a], dtype=torch.int32)
+        kvp = torch.tensor([0, b], dtype=torch.int32)
+        outs.append(kernels.sage_extend_attention(q[a:b], kb, vb, qo, kvp, slots[:b]))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize(
+    "cuts",
+    [[96], [64], [64, 80], [80], [16, 64]],
+    ids=["radix-repeat", "chunk64", "chunk64-then-16", "prefix80", "chunk16-then-48"],
+)
+def test_rows_do_not_depend_on_the_batch_cut(sage_attn, cuts, d):
+    """Bitwise: a row's output is the same whether the sequence is prefilled in one shot, extended
+    after a cached prefix, or prefilled in chunks. (Cuts below ANCHOR keys are allowed only when the
+    rows before the cut are not compared: they saw a shorter anchor.)
+
+    The cuts are multiples of the interpreter's 16-row tile: NumPy's BLAS, which the interpreter
+    uses for 16-bit dots, may round a row differently at another position inside a tile. The GPU
+    test (test/registered/attention/test_sage_attn_kernels.py) cuts anywhere."""
+    kernels = sage_attn["kernels"]
+    q, kb, vb, _, _, slots = _inputs([97], [0], 4, 2, d, torch.bfloat16)
+    one_shot = _run_cuts(kernels, q, kb, vb, slots, [])
+    cut = _run_cuts(kernels, q, kb, vb, slots, cuts)
+    first = cuts[1] if cuts[0] < kernels.ANCHOR else 0
+    assert torch.equal(one_shot[first:], cut[first:]), (one_shot[first:] - cut[first:]).abs().max()
+
+
+def test_short_anchor_changes_only_rows_before_it(sage_attn):
+    """The documented limit: rows extended while a sequence had fewer than ANCHOR keys used a mean
+    over fewer keys, so they may differ from a one-shot prefill; later rows do not."""
+    kernels = sage_attn["kernels"]
+    q, kb, vb, _, _, slots = _inputs([100], [0], 4, 2, 64, torch.bfloat16)
+    one_shot = _run_cuts(kernels, q, kb, vb, slots, [])
+    cut = _run_cuts(kernels, q, kb, vb, slots, [16])
+    assert not torch.equal(one_shot[:16], cut[:16])
+    assert torch.equal(one_shot[64:], cut[64:])
+
+
+@pytest.mark.parametrize(
+    "qo,kvp,msg",
+    [([0, 9], [0, 9], "number of query rows"), ([0, 8], [0, 99], "exceeds kv_indices"), ([1, 8], [0, 8], "start at 0")],
+)
+def test_inconsistent_indptrs_are_refused(sage_attn, qo, kvp, msg):
+    q, kb, vb, _, _, slots = _inputs([8], [0], 2, 2, 64, torch.float16)
+    with pytest.raises(ValueError, match=msg):
+        sage_attn["kernels"].sage_extend_attention(
+            q, kb, vb, torch.tensor(qo, dtype=torch.int32), torch.tensor(kvp, dtype=torch.int32), slots
+        )
+
+
 @pytest.mark.parametrize("bad,msg", [
     ({"d": 96}, "head_dim"),
     ({"dtype": torch.float32}, "fp16/bf16"),

@@ -94,6 +94,36 @@ class TestSageAttnKernels(CustomTestCase):
         self.assertGreaterEqual(accuracy(out, ref)["cosine"], MIN_COSINE)
         self.assertLess(accuracy(out, new_only)["cosine"], 0.99)
 
+    def test_rows_do_not_depend_on_the_batch_cut(self):
+        """Bitwise: one-shot prefill == radix repeat (last token extended) == chunked prefill == extend
+        after an arbitrary cached prefix, for every row computed with >= ANCHOR keys visible."""
+        L = 3001
+        cases = {
+            "radix_repeat": [L - 1],
+            "chunk_64": list(range(64, L, 64)),
+            "chunk_1000": [1000, 2000, 3000],
+            "prefix_777": [777],
+            "prefix_130_then_2500": [130, 2500],
+        }
+        for d in (64, 128):
+            q, kb, vb, _, _, slots = _case([L], [0], 9, 3, d, torch.bfloat16)
+            one_shot = self._run_cuts(q, kb, vb, slots, [])
+            for name, cuts in cases.items():
+                with self.subTest(d=d, cuts=name):
+                    cut = self._run_cuts(q, kb, vb, slots, cuts)
+                    diff = (one_shot.float() - cut.float()).abs().max().item()
+                    self.assertTrue(torch.equal(one_shot, cut), f"{name} d={d}: max |diff| {diff}")
+
+    @staticmethod
+    def _run_cuts(q, kb, vb, slots, cuts):
+        outs = []
+        bounds = [0, *cuts, q.shape[0]]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            qo = torch.tensor([0, b - a], device="cuda", dtype=torch.int32)
+            kvp = torch.tensor([0, b], device="cuda", dtype=torch.int32)
+            outs.append(sage_extend_attention(q[a:b], kb, vb, qo, kvp, slots[:b]))
+        return torch.cat(outs)
+
 
 if __name__ == "__main__":
     unittest.main()

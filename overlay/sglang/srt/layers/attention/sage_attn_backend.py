@@ -1,9 +1,12 @@
 """``sage_attn``: 8-bit SageAttention for SGLang's prefill and extend, over the paged KV cache.
 
 * Prefill, extend with a cached prefix (radix hit), chunked prefill and mixed batches run the
-  8-bit Triton kernels of ``sage_attn.kernels``: Q and K in INT8 (K smoothed by its per-sequence
-  mean), P·V in fp16, causal mask aligned to the end of each sequence. K and V are read from the KV
-  pool in place through ``req_to_token``; only SGLang's ``set_kv_buffer`` writes the pool.
+  8-bit Triton kernels of ``sage_attn.kernels``: Q·Kᵀ over the fast-rotating half of each head in
+  INT8 (K smoothed by the mean of its sequence's first keys), over the slow-rotating half in fp16;
+  P·V in fp16; causal mask aligned to the end of each sequence. A row's result does not depend on
+  how the batch was cut (radix hits and chunked prefill give the same output as one shot). K and V
+  are read from the KV pool in place through ``req_to_token``; only SGLang's ``set_kv_buffer``
+  writes the pool.
 * Decode is memory-bound (one query per sequence), where 8-bit QK buys nothing: it is delegated to
   an existing decode backend, flashinfer by default (``SGLANG_SAGE_DECODE_BACKEND=triton`` to
   change), including its CUDA-graph capture and replay. When SGLang's hybrid mode already gives
@@ -73,6 +76,26 @@ def _resolved_decode_backend(model_runner: ModelRunner) -> str:
     return model_runner.server_args.get_attention_backends()[1]
 
 
+def _rope_layout(model_runner: ModelRunner) -> tuple[bool, str]:
+    """The model's rotary layout (NeoX or GPT-J pairs): it decides which channels rotate slowly and
+    stay 16-bit. Any layout gives exact attention up to rounding; a wrong guess only costs accuracy."""
+    model = getattr(model_runner, "model", None)
+    styles = set()
+    partial = False
+    if model is not None:
+        for mod in model.modules():
+            style = getattr(mod, "is_neox_style", None)
+            if isinstance(style, bool):
+                styles.add(style)
+                partial |= getattr(mod, "rotary_dim", None) not in (None, getattr(mod, "head_size", None))
+    if len(styles) != 1:
+        found = "no rotary embedding" if not styles else "mixed rotary layouts"
+        return True, f"{found} found: NeoX channel split"
+    neox = styles.pop()
+    desc = "NeoX" if neox else "GPT-J (interleaved)"
+    return neox, f"{desc} rotary layout" + (" (partial rotary)" if partial else "")
+
+
 def _tp_rank() -> int:
     try:
         from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
@@ -93,6 +116,7 @@ class SageAttnBackend(AttentionBackend):
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.head_dim = model_runner.model_config.head_dim
         self.tile = kernel_config(self.head_dim)
+        self.rope_neox, rope_desc = _rope_layout(model_runner)
         self.forward_metadata: Optional[SageForwardMetadata] = None
         self._checked_layers: set[int] = set()
 
@@ -116,8 +140,9 @@ class SageAttnBackend(AttentionBackend):
         self.stats = SageStats(decode_name, tp_rank=_tp_rank())
         self.stats.publish()
         logger.info(
-            "sage_attn: prefill/extend = 8-bit Triton kernels (INT8 Q/K with K smoothing, fp16 P·V, "
-            "tiles %s); decode = %s",
+            "sage_attn: prefill/extend = 8-bit Triton kernels (Q·Kᵀ: INT8 on the fast-rotating half, fp16 on "
+            "the slow half, %s; fp16 P·V; tiles %s); decode = %s",
+            rope_desc,
             self.tile,
             decode_desc,
         )
@@ -223,6 +248,7 @@ class SageAttnBackend(AttentionBackend):
             layer.scaling,
             causal=True,
             out=o.view(-1, hq, layer.v_head_dim),
+            rope_neox=self.rope_neox,
         )
         self.stats.add(md.layer_counter)
         return o

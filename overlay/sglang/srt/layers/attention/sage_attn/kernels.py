@@ -1,24 +1,34 @@
 """Triton kernels of the 8-bit (SageAttention-style) extend attention over SGLang's KV pool.
 
-Per layer, five launches:
+Channel split. With rotary embeddings a head's channels come in pairs that rotate at different
+speeds. The fast-rotating half carries the token-to-token detail and has no constant offset after
+RoPE; the slow-rotating half carries the large, nearly constant components (the positional and
+bias-like parts that make per-row INT8 coarse). So Q·Kᵀ is computed in two parts:
 
-1. ``_key_block_sum``: per key block and kv head, the sum of K over the block's valid rows
-   (read in place from the KV pool through the slot table);
-2. ``_key_mean``: per sequence and kv head, the mean of K (the smoothing vector);
-3. ``_pack_kv``: per key block and kv head, K - mean quantized to INT8 with one scale per block,
-   (one scale per key row) and V converted to fp16, both written head-major into scratch buffers. Done once per layer and
-   read by every query block of the sequence (quantization amortized over query blocks);
-4. ``_sage_attn_fwd``: per query block and q head, Q quantized to INT8 in registers (one scale per
-   block), S = Q_int8 · K_int8ᵀ in int32 on the tensor cores, dequantized by both scales, online
-   softmax in fp32 (exp2), P·V in fp16 with fp32 accumulation. The causal mask is aligned to the
-   end of each sequence: query row r of a request with prefix p sees keys 0 .. p + r.
+* fast half: INT8 × INT8 → int32 on the tensor cores, one scale per query row and per key row,
+  K first smoothed by the mean of the sequence's first ``ANCHOR`` keys (exact under softmax:
+  q·mean is one constant per query row);
+* slow half: in fp16 (exact for bf16 inputs of normal range; fp32 accumulation).
 
-Subtracting the per-sequence mean of K is exact under softmax (q·mean is one constant per query
-row) and shrinks the range that 8 bits must cover. Subtracting the mean of Q is made exact by adding
-back mean_q · k, computed in fp32: on SmolLM2's real activations it halves the per-layer error. The KV pool is only read: scratch buffers hold
-the smoothed copy, so nothing here writes into SGLang's cache.
+P·V runs in fp16 with fp32 accumulation. Every quantity a query row depends on is either its own
+(row scale) or fixed by the sequence's first ``ANCHOR`` keys, so a row's result does not depend on
+how the batch was cut: a radix-cache hit or a chunked prefill (chunks ≥ ``ANCHOR`` tokens) gives the
+same bits as a one-shot prefill. (Earlier schemes smoothed Q by the chunk's mean and K by the mean of
+the keys seen so far; both change with the cut, and greedy text changed with the cache state.)
 
-Imports only torch and triton (runs under ``TRITON_INTERPRET=1`` on CPU tensors).
+Per layer, three launches:
+
+1. ``_key_anchor_mean``: per sequence and kv head, the mean of the fast half of its first
+   ``ANCHOR`` keys (read in place from the KV pool through the slot table);
+2. ``_pack_kv``: per key block and kv head, the fast half of K - mean quantized to INT8 (one scale
+   per key row), the slow half copied, V converted to fp16, all written head-major into scratch
+   buffers: done once per layer and read by every query block of the sequence;
+3. ``_sage_attn_fwd``: per query block and q head, Q's fast half quantized to INT8 in registers,
+   S from the two dots, online softmax in fp32 (exp2), P·V in fp16. The causal mask is aligned to
+   the end of each sequence: query row r of a request with prefix p sees keys 0 .. p + r.
+
+The KV pool is only read: scratch buffers hold the packed copy, so nothing here writes into
+SGLang's cache. Imports only torch and triton (runs under ``TRITON_INTERPRET=1`` on CPU tensors).
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ _CONFIGS = {
     64: KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=4),
     128: KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
 }
-_Q_ROWS_PER_PART = 1024  # rows of one sequence summed by one program of the query-mean pass
+# Keys that fix a sequence's smoothing mean: the first ANCHOR keys, the same in every chunk of it.
+ANCHOR = 64
 _INTERPRET_CONFIG = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
 
 
@@ -76,91 +87,57 @@ def _round_to_int8(x):
 
 
 @triton.jit
-def _key_block_sum(
+def _to_fp16(x):
+    # fp16 keeps 3 more mantissa bits than bf16; clamping keeps a (never seen) |x| > 65504 finite.
+    return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+
+
+@triton.jit
+def _split_cols(HEAD_DIM: tl.constexpr, NEOX: tl.constexpr):
+    """Column indices of the fast-rotating half (INT8) and the slow-rotating half (16-bit).
+
+    Rotary pair frequencies fall with the pair index j = 0 .. D/2 - 1. NeoX layout pairs channel j
+    with j + D/2, so the slow half is j >= D/4 of both halves; the interleaved (GPT-J) layout pairs
+    2j with 2j + 1, so the slow half is the upper half of the channels.
+    """
+    i = tl.arange(0, HEAD_DIM // 2)
+    if NEOX:
+        fast = (i // (HEAD_DIM // 4)) * (HEAD_DIM // 2) + i % (HEAD_DIM // 4)
+        slow = fast + HEAD_DIM // 4
+    else:
+        fast = i
+        slow = i + HEAD_DIM // 2
+    return fast, slow
+
+
+@triton.jit
+def _key_anchor_mean(
     k_buffer,
     slot_table,
     slot_row_off,
     kv_lens,
-    kblk_seq,
-    kblk_start,
-    block_sum,
+    k_mean,
     stride_kt,
     stride_kh,
     num_kv_heads,
-    BLOCK_N: tl.constexpr,
+    ANCHOR: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    NEOX: tl.constexpr,
 ):
-    g = tl.program_id(0)
+    b = tl.program_id(0)
     h = tl.program_id(1)
-    b = tl.load(kblk_seq + g)
-    pos = tl.load(kblk_start + g) + tl.arange(0, BLOCK_N)
-    valid = pos < tl.load(kv_lens + b)
+    n = tl.minimum(tl.load(kv_lens + b), ANCHOR)
+    pos = tl.arange(0, ANCHOR)
+    valid = pos < n
     slots = tl.load(slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
+    fast, _ = _split_cols(HEAD_DIM, NEOX)
     k = tl.load(
-        k_buffer + slots[:, None] * stride_kt + h * stride_kh + d[None, :],
+        k_buffer + slots[:, None] * stride_kt + h * stride_kh + fast[None, :],
         mask=valid[:, None],
         other=0.0,
     ).to(tl.float32)
-    tl.store(block_sum + (g * num_kv_heads + h) * HEAD_DIM + d, tl.sum(k, axis=0))
-
-
-@triton.jit
-def _key_mean(
-    block_sum,
-    kblk_indptr,
-    kv_lens,
-    k_mean,
-    num_kv_heads,
-    CHUNK: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    first = tl.load(kblk_indptr + b)
-    last = tl.load(kblk_indptr + b + 1)
-    d = tl.arange(0, HEAD_DIM)
-    c = tl.arange(0, CHUNK)
-    acc = tl.zeros([CHUNK, HEAD_DIM], dtype=tl.float32)
-    for start in range(first, last, CHUNK):
-        blk = start + c
-        acc += tl.load(
-            block_sum + (blk[:, None] * num_kv_heads + h) * HEAD_DIM + d[None, :],
-            mask=(blk < last)[:, None],
-            other=0.0,
-        )
-    mean = tl.sum(acc, axis=0) / tl.load(kv_lens + b).to(tl.float32)
-    tl.store(k_mean + (b * num_kv_heads + h) * HEAD_DIM + d, mean)
-
-
-@triton.jit
-def _query_part_sum(
-    q,
-    qo_indptr,
-    part_sum,
-    stride_qt,
-    stride_qh,
-    num_parts,
-    ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    part = tl.program_id(2)
-    first = tl.load(qo_indptr + b)
-    q_len = tl.load(qo_indptr + b + 1) - first
-    d = tl.arange(0, HEAD_DIM)
-    r = tl.arange(0, 64)
-    acc = tl.zeros([64, HEAD_DIM], dtype=tl.float32)
-    for start in range(part * ROWS, tl.minimum(q_len, (part + 1) * ROWS), 64):
-        rows = start + r
-        ok = rows < tl.minimum(q_len, (part + 1) * ROWS)
-        acc += tl.load(
-            q + (first + rows).to(tl.int64)[:, None] * stride_qt + h * stride_qh + d[None, :],
-            mask=ok[:, None],
-            other=0.0,
-        ).to(tl.float32)
-    tl.store(part_sum + ((b * tl.num_programs(1) + h) * num_parts + part) * HEAD_DIM + d, tl.sum(acc, axis=0))
+    mean = tl.sum(k, axis=0) / n.to(tl.float32)
+    tl.store(k_mean + (b * num_kv_heads + h) * (HEAD_DIM // 2) + tl.arange(0, HEAD_DIM // 2), mean)
 
 
 @triton.jit
@@ -173,21 +150,19 @@ def _pack_kv(
     kblk_seq,
     kblk_start,
     k_mean,
-    q_mean,
     k_int8,
     k_scale,
-    k_bias,
+    k_slow,
     v_half,
-    sm_scale_log2,
     stride_kt,
     stride_kh,
     stride_vt,
     stride_vh,
     num_kv_heads,
     num_k_blocks,
-    GROUP: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    NEOX: tl.constexpr,
 ):
     g = tl.program_id(0)
     h = tl.program_id(1)
@@ -195,29 +170,24 @@ def _pack_kv(
     pos = tl.load(kblk_start + g) + tl.arange(0, BLOCK_N)
     valid = pos < tl.load(kv_lens + b)
     slots = tl.load(slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
-    k = tl.load(
-        k_buffer + slots[:, None] * stride_kt + h * stride_kh + d[None, :],
-        mask=valid[:, None],
-        other=0.0,
-    ).to(tl.float32)
-    mean = tl.load(k_mean + (b * num_kv_heads + h) * HEAD_DIM + d)
-    k = tl.where(valid[:, None], k - mean[None, :], 0.0)
-    # One scale per key row (per token): as cheap as one per block in the attention kernel, and
-    # a large key no longer coarsens the grid of its 63 neighbours.
-    scale = tl.maximum(tl.max(tl.abs(k), axis=1), 1e-8) / 127.0
-    k_q = _round_to_int8(k / scale[:, None])
-    # head-major scratch: [num_kv_heads, num_k_blocks * BLOCK_N, HEAD_DIM]
+    fast, slow = _split_cols(HEAD_DIM, NEOX)
+    half = tl.arange(0, HEAD_DIM // 2)
+    k_row = k_buffer + slots[:, None] * stride_kt + h * stride_kh
+    # head-major scratch: [num_kv_heads, num_k_blocks * BLOCK_N, ...]
     row = (h * num_k_blocks + g) * BLOCK_N + tl.arange(0, BLOCK_N)
-    tl.store(k_int8 + row[:, None] * HEAD_DIM + d[None, :], k_q)
+
+    k = tl.load(k_row + fast[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    mean = tl.load(k_mean + (b * num_kv_heads + h) * (HEAD_DIM // 2) + half)
+    k = tl.where(valid[:, None], k - mean[None, :], 0.0)
+    # One scale per key row: it depends on this key only, never on where a chunk was cut.
+    scale = tl.maximum(tl.max(tl.abs(k), axis=1), 1e-8) / 127.0
+    tl.store(k_int8 + row[:, None] * (HEAD_DIM // 2) + half[None, :], _round_to_int8(k / scale[:, None]))
     tl.store(k_scale + row, scale)
-    # Query smoothing: the attention kernel quantizes q - mean_q; the dropped term mean_q · k is
-    # exact here, in fp32 from the unquantized (smoothed) keys, one value per key and q head.
-    for j in range(GROUP):
-        hq = h * GROUP + j
-        qm = tl.load(q_mean + (b * num_kv_heads * GROUP + hq) * HEAD_DIM + d)
-        bias = tl.sum(k * qm[None, :], axis=1) * sm_scale_log2
-        tl.store(k_bias + (hq * num_k_blocks + g) * BLOCK_N + tl.arange(0, BLOCK_N), bias)
+
+    ks = tl.load(k_row + slow[None, :], mask=valid[:, None], other=0.0)
+    tl.store(k_slow + row[:, None] * (HEAD_DIM // 2) + half[None, :], _to_fp16(ks))
+
+    d = tl.arange(0, HEAD_DIM)
     v = tl.load(
         v_buffer + slots[:, None] * stride_vt + h * stride_vh + d[None, :],
         mask=valid[:, None],
@@ -227,13 +197,42 @@ def _pack_kv(
 
 
 @triton.jit
+def _attend_block(
+    m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix, kv_len,
+    sm_scale_log2,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    """One key block of the online softmax. Scores stay unscaled; sm_scale·log2(e) is applied
+    inside exp2 (one FMA per element)."""
+    half = tl.arange(0, HEAD_DIM // 2)
+    k8 = tl.load(k_int8 + blk_rows[:, None] * (HEAD_DIM // 2) + half[None, :])
+    s = tl.dot(q_q, tl.trans(k8), out_dtype=tl.int32).to(tl.float32)
+    s = s * (q_scale[:, None] * tl.load(k_scale + blk_rows)[None, :])
+    k16 = tl.load(k_slow + blk_rows[:, None] * (HEAD_DIM // 2) + half[None, :])
+    s = tl.dot(q_slow, tl.trans(k16), acc=s)
+    if MASK:
+        pos = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        keep = (pos < kv_len)[None, :]
+        if CAUSAL:
+            keep = keep & (pos[None, :] <= (prefix + rows)[:, None])
+        s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.math.exp2((m_i - m_new) * sm_scale_log2)
+    p = tl.math.exp2(s * sm_scale_log2 - (m_new * sm_scale_log2)[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    d = tl.arange(0, HEAD_DIM)
+    vv = tl.load(v_half + blk_rows[:, None] * HEAD_DIM + d[None, :])
+    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vv)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _sage_attn_fwd(
     q,
     out,
     k_int8,
     k_scale,
-    k_bias,
-    q_mean,
+    k_slow,
     v_half,
     qo_indptr,
     kv_lens,
@@ -251,6 +250,7 @@ def _sage_attn_fwd(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
+    NEOX: tl.constexpr,
 ):
     g = tl.program_id(0)
     h = tl.program_id(1)
@@ -265,13 +265,13 @@ def _sage_attn_fwd(
 
     rows = m0 + tl.arange(0, BLOCK_M)
     row_ok = rows < q_len
-    d = tl.arange(0, HEAD_DIM)
     tok = (q_first + rows).to(tl.int64)
-    x = tl.load(q + tok[:, None] * stride_qt + h * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
-    x = x.to(tl.float32) - tl.load(q_mean + (b * tl.num_programs(1) + h) * HEAD_DIM + d)[None, :]
+    fast, slow = _split_cols(HEAD_DIM, NEOX)
+    q_row = q + tok[:, None] * stride_qt + h * stride_qh
+    x = tl.load(q_row + fast[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     q_scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-8) / 127.0
     q_q = _round_to_int8(x / q_scale[:, None])
-    qk_scale = (q_scale * sm_scale_log2)[:, None]
+    q_slow = _to_fp16(tl.load(q_row + slow[None, :], mask=row_ok[:, None], other=0.0))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -286,41 +286,21 @@ def _sage_attn_fwd(
         n_full = kv_len // BLOCK_N
     n_blocks = tl.cdiv(end, BLOCK_N)
     cols = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HEAD_DIM)
     head_base = kvh.to(tl.int64) * num_k_blocks
-    bias_base = h.to(tl.int64) * num_k_blocks
 
     for j in range(n_full):
-        blk = head_base + kb0 + j
-        kk = tl.load(k_int8 + (blk * BLOCK_N + cols)[:, None] * HEAD_DIM + d[None, :])
-        s = tl.dot(q_q, tl.trans(kk), out_dtype=tl.int32).to(tl.float32)
-        s = s * (qk_scale * tl.load(k_scale + blk * BLOCK_N + cols)[None, :])
-        s += tl.load(k_bias + (bias_base + kb0 + j) * BLOCK_N + cols)[None, :]
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(v_half + (blk * BLOCK_N + cols)[:, None] * HEAD_DIM + d[None, :])
-        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vv)
-        m_i = m_new
-
+        blk_rows = (head_base + kb0 + j) * BLOCK_N + cols
+        m_i, l_i, acc = _attend_block(
+            m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix,
+            kv_len, sm_scale_log2, BLOCK_N, HEAD_DIM, False, CAUSAL,
+        )
     for j in range(n_full, n_blocks):
-        blk = head_base + kb0 + j
-        kk = tl.load(k_int8 + (blk * BLOCK_N + cols)[:, None] * HEAD_DIM + d[None, :])
-        s = tl.dot(q_q, tl.trans(kk), out_dtype=tl.int32).to(tl.float32)
-        s = s * (qk_scale * tl.load(k_scale + blk * BLOCK_N + cols)[None, :])
-        s += tl.load(k_bias + (bias_base + kb0 + j) * BLOCK_N + cols)[None, :]
-        pos = j * BLOCK_N + cols
-        keep = (pos < kv_len)[None, :]
-        if CAUSAL:
-            keep = keep & (pos[None, :] <= (prefix + rows)[:, None])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(v_half + (blk * BLOCK_N + cols)[:, None] * HEAD_DIM + d[None, :])
-        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vv)
-        m_i = m_new
+        blk_rows = (head_base + kb0 + j) * BLOCK_N + cols
+        m_i, l_i, acc = _attend_block(
+            m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix,
+            kv_len, sm_scale_log2, BLOCK_N, HEAD_DIM, True, CAUSAL,
+        )
 
     o = acc / l_i[:, None]
     tl.store(
@@ -360,12 +340,15 @@ def sage_extend_attention_planned(
     sm_scale: float,
     causal: bool = True,
     out: torch.Tensor | None = None,
+    rope_neox: bool = True,
 ) -> torch.Tensor:
     """8-bit extend attention with a prebuilt plan (the backend's per-layer entry point).
 
     ``slot_table[slot_row_off[b] + pos]`` is the KV-pool slot of key ``pos`` of sequence b: either
     SGLang's ``req_to_token`` (flattened, row offsets ``req_pool_indices * stride``) or a packed
-    ``kv_indices`` array (row offsets ``kv_indptr[:-1]``).
+    ``kv_indices`` array (row offsets ``kv_indptr[:-1]``). ``rope_neox`` names the rotary layout
+    (NeoX pairs j, j + D/2; else GPT-J pairs 2j, 2j + 1): it picks which channels go to INT8. The
+    result is exact attention up to rounding either way; the layout only moves the error.
     """
     check_inputs(q, k_buffer, v_buffer)
     cfg = kernel_config(q.shape[-1])
@@ -375,45 +358,32 @@ def sage_extend_attention_planned(
     hkv = k_buffer.shape[1]
     dev = q.device
     nkb = plan.num_k_blocks
+    rows = nkb * plan.block_n
     if out is None:
         out = torch.empty_like(q)
-    block_sum = torch.empty((nkb, hkv, d), dtype=torch.float32, device=dev)
-    k_mean = torch.empty((plan.batch_size, hkv, d), dtype=torch.float32, device=dev)
-    k_int8 = torch.empty((hkv, nkb * plan.block_n, d), dtype=torch.int8, device=dev)
-    k_scale = torch.empty((hkv, nkb * plan.block_n), dtype=torch.float32, device=dev)
-    v_half = torch.empty((hkv, nkb * plan.block_n, d), dtype=torch.float16, device=dev)
-    k_bias = torch.empty((hq, nkb * plan.block_n), dtype=torch.float32, device=dev)
-    parts = triton.cdiv(plan.max_q_len, _Q_ROWS_PER_PART)
-    q_part = torch.empty((plan.batch_size, hq, parts, d), dtype=torch.float32, device=dev)
-    sm_scale_log2 = sm_scale * _LOG2E
+    k_mean = torch.empty((plan.batch_size, hkv, d // 2), dtype=torch.float32, device=dev)
+    k_int8 = torch.empty((hkv, rows, d // 2), dtype=torch.int8, device=dev)
+    k_scale = torch.empty((hkv, rows), dtype=torch.float32, device=dev)
+    k_slow = torch.empty((hkv, rows, d // 2), dtype=torch.float16, device=dev)
+    v_half = torch.empty((hkv, rows, d), dtype=torch.float16, device=dev)
 
-    _query_part_sum[(plan.batch_size, hq, parts)](
-        q, plan.qo_indptr, q_part, q.stride(0), q.stride(1), parts, ROWS=_Q_ROWS_PER_PART, HEAD_DIM=d,
-    )
-    # A fixed-order sum over the parts keeps the result deterministic.
-    q_mean = q_part.sum(dim=2).div_(plan.q_lens_f32[:, None, None])
-
-    _key_block_sum[(nkb, hkv)](
-        k_buffer, slot_table, slot_row_off, plan.kv_lens, plan.kblk_seq, plan.kblk_start, block_sum,
-        k_buffer.stride(0), k_buffer.stride(1), hkv,
-        BLOCK_N=plan.block_n, HEAD_DIM=d,
-    )
-    _key_mean[(plan.batch_size, hkv)](
-        block_sum, plan.kblk_indptr, plan.kv_lens, k_mean, hkv, CHUNK=16, HEAD_DIM=d,
+    _key_anchor_mean[(plan.batch_size, hkv)](
+        k_buffer, slot_table, slot_row_off, plan.kv_lens, k_mean, k_buffer.stride(0), k_buffer.stride(1), hkv,
+        ANCHOR=ANCHOR, HEAD_DIM=d, NEOX=rope_neox,
     )
     _pack_kv[(nkb, hkv)](
         k_buffer, v_buffer, slot_table, slot_row_off, plan.kv_lens, plan.kblk_seq, plan.kblk_start,
-        k_mean, q_mean, k_int8, k_scale, k_bias, v_half, sm_scale_log2,
+        k_mean, k_int8, k_scale, k_slow, v_half,
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), hkv, nkb,
-        GROUP=hq // hkv, BLOCK_N=plan.block_n, HEAD_DIM=d,
+        BLOCK_N=plan.block_n, HEAD_DIM=d, NEOX=rope_neox,
     )
     _sage_attn_fwd[(plan.num_q_blocks, hq)](
-        q, out, k_int8, k_scale, k_bias, q_mean, v_half,
+        q, out, k_int8, k_scale, k_slow, v_half,
         plan.qo_indptr, plan.kv_lens, plan.kblk_indptr, plan.qblk_seq, plan.qblk_start,
-        sm_scale_log2,
+        sm_scale * _LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), nkb,
         GROUP=hq // hkv, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, HEAD_DIM=d, CAUSAL=causal,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        NEOX=rope_neox, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -430,6 +400,7 @@ def sage_extend_attention(
     sm_scale: float | None = None,
     causal: bool = True,
     out: torch.Tensor | None = None,
+    rope_neox: bool = True,
 ) -> torch.Tensor:
     """Stand-alone entry point (benchmarks, drift checks): builds the plan from the indptrs.
 
@@ -439,6 +410,12 @@ def sage_extend_attention(
     del max_q_len, max_kv_len  # derived from the indptrs; kept for API symmetry
     qo = qo_indptr.detach().to("cpu", torch.int64)
     kv = kv_indptr.detach().to("cpu", torch.int64)
+    if qo.numel() != kv.numel() or qo[0] != 0 or kv[0] != 0:
+        raise ValueError(f"qo_indptr and kv_indptr must start at 0 and have equal length, got {qo.tolist()} / {kv.tolist()}")
+    if int(qo[-1]) != q.shape[0]:
+        raise ValueError(f"qo_indptr[-1]={int(qo[-1])} must equal the number of query rows {q.shape[0]}")
+    if int(kv[-1]) > kv_indices.numel():
+        raise ValueError(f"kv_indptr[-1]={int(kv[-1])} exceeds kv_indices ({kv_indices.numel()} entries)")
     q_lens = (qo[1:] - qo[:-1]).numpy()
     kv_lens = (kv[1:] - kv[:-1]).numpy()
     cfg = kernel_config(q.shape[-1])
@@ -447,5 +424,5 @@ def sage_extend_attention(
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     row_off = kv_indptr[:-1].to(torch.int64)
     return sage_extend_attention_planned(
-        q, k_buffer, v_buffer, plan, kv_indices, row_off, sm_scale, causal, out
+        q, k_buffer, v_buffer, plan, kv_indices, row_off, sm_scale, causal, out, rope_neox
     )

@@ -46,8 +46,6 @@ class SagePlan:
     # int32 [num_q_blocks]: sequence of each query block, and its first query row (heaviest first)
     qblk_seq: torch.Tensor
     qblk_start: torch.Tensor
-    # float32 [B]: new-token count of each sequence (divides the query sums into means)
-    q_lens_f32: torch.Tensor
 
 
 def _cdiv(a: np.ndarray, b: int) -> np.ndarray:
@@ -139,6 +137,5 @@ def build_plan(
         num_k_blocks=int(tables["kblk_seq"].size),
         max_q_len=int(q.max()),
         max_kv_len=int(kv.max()),
-        q_lens_f32=(views["qo_indptr"][1:] - views["qo_indptr"][:-1]).to(torch.float32),
         **views,
     )
