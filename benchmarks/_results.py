@@ -97,7 +97,11 @@ def file_sha256(path: str | Path) -> str | None:
 
 
 def git_info(repo: str | Path = REPO_ROOT) -> dict[str, Any]:
-    """Commit and dirty flag of the project checkout (the device copy may carry no .git)."""
+    """Commit and dirty flag of the project checkout (the device copy may carry no .git, or a stale
+    one: ``$SGLANG_SAGE_GIT_COMMIT``, set by the sender, wins)."""
+    given = os.environ.get("SGLANG_SAGE_GIT_COMMIT")
+    if given:
+        return {"commit": given, "dirty": None}
     commit = run_cmd(["git", "rev-parse", "HEAD"], cwd=repo)
     if commit is None:
         head = Path(repo) / ".git" / "HEAD"
@@ -111,7 +115,7 @@ def git_info(repo: str | Path = REPO_ROOT) -> dict[str, Any]:
             commit = None
     status = run_cmd(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
     return {
-        "commit": commit or os.environ.get("SGLANG_SAGE_COMMIT", "unknown"),
+        "commit": commit or "unknown",
         "dirty": None if status is None else bool(status),
     }
 

@@ -1,36 +1,56 @@
 """CPU emulation of sage_attn's quantization choices on SmolLM2's real activations (no GPU, no Triton).
 
 Replaces every attention of the HF model by an fp32 emulation of a quantization scheme and compares the
-logits with fp32 attention and with bf16 SDPA on 2 x 1,000 tokens of the verify corpus: top-1 agreement,
-perplexity delta, mean KL. Used to choose the next kernel change (docs/accuracy-notes.md).
+logits with fp32 attention and with bf16 SDPA on NSEG x 1,000 tokens of the verify corpus: top-1
+agreement, perplexity delta, mean KL. Used to choose the kernel scheme (docs/accuracy-notes.md).
 
-    python scripts/accuracy_emulation.py MODEL_DIR     # HF dir of SmolLM2-135M-Instruct (verify.py caches one)
+    python scripts/accuracy_emulation.py MODEL_DIR [NSEG [V1,V2,...]]   # HF dir of SmolLM2-135M-Instruct
 
-Needs transformers (not a project dependency). Takes ~5 minutes on 2 cores.
+Needs transformers (not a project dependency). ~40 s per variant on 2 cores with NSEG=4.
 """
 
 import math
 import sys
+import time
 
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+torch.set_num_threads(2)
 P = sys.argv[1]
+NSEG = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 m = AutoModelForCausalLM.from_pretrained(P, dtype=torch.float32)
 tok = AutoTokenizer.from_pretrained(P)
 
 
-def q8(x, groups=1):
-    shp = x.shape
-    xg = x.reshape(*shp[:-1], groups, shp[-1] // groups)
-    s = xg.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
-    return (torch.round(xg / s) * s).reshape(shp)
+def perm_groups(D, G, kind):
+    """Channel index lists of G groups: contiguous, or by RoPE frequency (neox pairs c, c+D/2)."""
+    idx = torch.arange(D)
+    if kind == "contig":
+        return list(idx.reshape(G, D // G))
+    # frequency rank j = c mod D/2 (high j = low frequency); groups of equal frequency bands, both halves
+    j = idx % (D // 2)
+    if kind == "freqrev":
+        j = D // 2 - 1 - j
+    band = j // (D // 2 // G)
+    return [idx[band == g] for g in range(G)]
 
 
-def f8(x):
-    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 448
-    return (x / s).to(torch.float8_e4m3fn).float() * s
+def q8_rows(x):
+    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+    return torch.round(x / s) * s
+
+
+def quant(x, cfg):
+    G = cfg.get("G", 1)
+    out = torch.empty_like(x)
+    for gi, ix in enumerate(perm_groups(x.shape[-1], G, cfg.get("gkind", "contig"))):
+        if cfg.get("fp16_low") and gi == G - 1:
+            out[..., ix] = x[..., ix].half().float()
+        else:
+            out[..., ix] = q8_rows(x[..., ix])
+    return out
 
 
 def emu(q, k, v, cfg):
@@ -38,14 +58,15 @@ def emu(q, k, v, cfg):
     g = q.shape[1] // k.shape[1]
     qf = q.float()
     kf = k.float()
-    km = kf[: cfg.get("kanchor", L)].mean(0, keepdim=True) if cfg.get("ksmooth", True) else 0
+    a0 = cfg.get("a0", 0)
+    km = kf[a0 : cfg.get("kanchor", L)].mean(0, keepdim=True) if cfg.get("ksmooth", True) else 0
     ks = kf - km
     qm = qf.mean(0, keepdim=True) if cfg.get("qsmooth") else torch.zeros_like(qf[:1])
     qs = qf - qm
-    if cfg.get("fp8"):
-        qh, kh = f8(qs), f8(ks)
-    else:
-        qh, kh = q8(qs, cfg.get("G", 1)), q8(ks, cfg.get("G", 1))
+    qh = quant(qs, cfg)
+    if cfg.get("q2"):
+        qh = qh + quant(qs - qh, cfg)
+    kh = quant(ks, cfg)
     qh = qh.transpose(0, 1)
     khr = kh.repeat_interleave(g, 1).transpose(0, 1)
     ksr = ks.repeat_interleave(g, 1).transpose(0, 1)
@@ -78,51 +99,60 @@ for l in m.model.layers:
     l.self_attn.config._attn_implementation = "emu"
 m.config._attn_implementation = "emu"
 text = open(__file__.rsplit("/scripts/", 1)[0] + "/sglang_sage/verify/data/shakespeare.txt").read()
-ids = torch.cat([tok(text[o : o + 12000], return_tensors="pt").input_ids[:, :1000] for o in (50000, 150000)], 1)
+N = len(text)
+offs = [int(N * (i + 0.5) / NSEG) - 6000 for i in range(NSEG)]
+segs = [tok(text[o : o + 12000], return_tensors="pt").input_ids[:, :1000] for o in offs]
 lp = lambda x: torch.log_softmax(x, -1)
 
 
 def run(c):
     CFG["c"] = c
     with torch.no_grad():
-        return m(ids[:, :1000]).logits[0].float(), m(ids[:, 1000:2000]).logits[0].float()
+        return [m(s).logits[0].float() for s in segs]
 
 
-res = {"ref": run("ref"), "bf16": run("bf16")}
-variants = {
-    "H qs kfull G2": {"qsmooth": True, "G": 2},
-    "I qs kanchor64": {"qsmooth": True, "kanchor": 64},
-    "J qs kanchor64 G2": {"qsmooth": True, "kanchor": 64, "G": 2},
-    "A cur (qs+kfull)": {"qsmooth": True},
-    "B kanchor64": {"kanchor": 64},
-    "C kanchor64 G2": {"kanchor": 64, "G": 2},
-    "D kanchor64 G4": {"kanchor": 64, "G": 4},
-    "E kfull": {},
-    "F fp8 kanchor64": {"fp8": True, "kanchor": 64},
-    "G fp8 kanchor64 qs": {"fp8": True, "kanchor": 64, "qsmooth": True},
-}
-
-
-def cmp(a, r, tgts):
-    agree = []
-    nll_a = []
-    nll_r = []
-    kl = []
-    for x, y, t in zip(a, r, tgts):
+def cmp(a, r):
+    agree, kl, nla, nlr = [], [], [], []
+    for x, y, s in zip(a, r, segs):
+        t = s[0, 1:]
         x = x[:-1]
         y = y[:-1]
         agree.append((x.argmax(-1) == y.argmax(-1)).float())
-        nll_a.append(-lp(x).gather(1, t[:, None]))
-        nll_r.append(-lp(y).gather(1, t[:, None]))
+        nla.append(-lp(x).gather(1, t[:, None]))
+        nlr.append(-lp(y).gather(1, t[:, None]))
         kl.append((lp(y).exp() * (lp(y) - lp(x))).sum(-1))
-    ag = torch.cat(agree).mean().item()
-    pa = math.exp(torch.cat(nll_a).mean().item())
-    pr = math.exp(torch.cat(nll_r).mean().item())
-    return "top1 %.4f pplΔ %+.3f%% KL %.5f" % (ag, 100 * (pa / pr - 1), torch.cat(kl).mean().item())
+    pa = math.exp(torch.cat(nla).mean().item())
+    pr = math.exp(torch.cat(nlr).mean().item())
+    return "top1 %.4f pplΔ %+.3f%% KL %.5f" % (
+        torch.cat(agree).mean().item(),
+        100 * (pa / pr - 1),
+        torch.cat(kl).mean().item(),
+    )
 
 
-tg = [ids[0, 1:1000], ids[0, 1001:2000]]
-print("bf16 vs ref:", cmp(res["bf16"], res["ref"], tg))
+t0 = time.time()
+ref = run("ref")
+bf = run("bf16")
+print("positions", sum(s.shape[1] - 1 for s in segs), "| bf16 vs fp32:", cmp(bf, ref), flush=True)
+variants = {
+    "A shipped qs kfull": {"qsmooth": True},
+    "H qs kfull G2": {"qsmooth": True, "G": 2},
+    "Hf qs kfull G2f": {"qsmooth": True, "G": 2, "gkind": "freq"},
+    "V0 ka64": {"kanchor": 64},
+    "V1 ka64 G2f": {"kanchor": 64, "G": 2, "gkind": "freq"},
+    "V1b ka1-64 G2f": {"kanchor": 64, "a0": 1, "G": 2, "gkind": "freq"},
+    "V2 ka64 G2f lowfp16": {"kanchor": 64, "G": 2, "gkind": "freq", "fp16_low": True},
+    "V3 ka64 q2": {"kanchor": 64, "q2": True},
+    "V4 ka64 G2f q2": {"kanchor": 64, "G": 2, "gkind": "freq", "q2": True},
+    "V5 ka64 G4f": {"kanchor": 64, "G": 4, "gkind": "freq"},
+    "V2n nosmooth G2f lowfp16": {"ksmooth": False, "G": 2, "gkind": "freq", "fp16_low": True},
+    "V6 ka64 G4f lowfp16": {"kanchor": 64, "G": 4, "gkind": "freq", "fp16_low": True},
+    "V2h ka64 G2f highfp16": {"kanchor": 64, "G": 2, "gkind": "freqrev", "fp16_low": True},
+    "V2c ka64 G2 contig lowfp16": {"kanchor": 64, "G": 2, "fp16_low": True},
+}
+only = sys.argv[3].split(",") if len(sys.argv) > 3 else None
 for n, c in variants.items():
+    if only and n.split()[0] not in only:
+        continue
     out = run(c)
-    print(n, "| vs fp32:", cmp(out, res["ref"], tg), "| vs bf16:", cmp(out, res["bf16"], tg), flush=True)
+    print(n, "| vs fp32:", cmp(out, ref), "| vs bf16:", cmp(out, bf), "| %.0fs" % (time.time() - t0), flush=True)

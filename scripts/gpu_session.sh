@@ -5,12 +5,15 @@
 #
 #   bash scripts/gpu_session.sh build    # setup.sh build, apply.py --no-tests, kernel benchmark
 #   bash scripts/gpu_session.sh tests    # apply.py test: the registered sage_attn tests, full log
-#   bash scripts/gpu_session.sh verify   # verify.py with SmolLM2 (needs SGLANG_SAGE_GIT_COMMIT)
+#   bash scripts/gpu_session.sh verify   # verify.py with SmolLM2
+# Set SGLANG_SAGE_GIT_COMMIT=<commit of the sent tree> for every phase: the device copy's .git may be stale.
 #   bash scripts/gpu_session.sh e2e      # benchmarks/bench_e2e.py (Llama-3.1-8B geometry, dummy weights)
+#   bash scripts/gpu_session.sh profile  # Nsight Compute: sage_attn fwd + pack vs cuDNN SDPA at 32K
+#   bash scripts/gpu_session.sh floor    # scripts/agreement_floor.py: top-1 agreement triton/flashinfer/sage
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|e2e}"
+phase="${1:?phase: build|tests|verify|e2e|floor|profile}"
 
 env_setup() {
   if [ -d .whl ] && ! PYTHONPATH=/tmp/site python3 -c "import git, unidiff, tomlkit" 2>/dev/null; then
@@ -51,6 +54,23 @@ case "$phase" in
     env_setup
     python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
     timeout 560 python3 benchmarks/bench_e2e.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_e2e.log" | tail -60
+    ;;
+  floor)
+    env_setup
+    timeout 560 python3 scripts/agreement_floor.py /tmp/smollm2 --out "$OUT/agreement_floor.json" 2>&1 | tee "$OUT/agreement_floor.log" | grep -v Warning | tail -20
+    ;;
+  profile)
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
+    NCU=/usr/local/cuda/bin/ncu
+    $NCU --version | tail -1
+    timeout 200 $NCU --set full -k regex:_sage_attn_fwd --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py sage >"$OUT/ncu_sage_attn_fwd.txt" 2>&1; echo "ncu sage rc=$?"
+    timeout 100 $NCU --section SpeedOfLight -k regex:_pack_kv --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py sage >"$OUT/ncu_sage_pack_kv.txt" 2>&1; echo "ncu pack rc=$?"
+    timeout 200 $NCU --set full -k regex:'fmha|sdpa|cudnn|flash' --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py cudnn >"$OUT/ncu_cudnn_sdpa.txt" 2>&1; echo "ncu cudnn rc=$?"
+    grep -E "^  [a-zA-Z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc A|Block Limit Reg|Stall" "$OUT"/ncu_*.txt | head -80
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

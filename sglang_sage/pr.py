@@ -745,8 +745,8 @@ def _tree_diff(repo: Path, a: str, b: str, label: str) -> list[str]:
 # ----------------------------------------------------------------------------- PR.md
 
 MOTIVATION = """\
-SGLang has no 8-bit attention for prefill. SageAttention quantizes Q·Kᵀ to INT8 (smoothing K, and Q, so
-that 8 bits are enough) and keeps P·V in fp16, trading a small, measured accuracy loss for cheaper
+SGLang has no 8-bit attention for prefill. SageAttention quantizes Q·Kᵀ to INT8 (smoothing K so that
+8 bits are enough) and keeps P·V in fp16, trading a small, measured accuracy loss for cheaper
 attention on long prompts. A community `sage_attn` backend existed, but it was not safe to merge:
 
 * **wrong causal mask with a cached prefix**: with a radix-cache hit, query *i* of a request with prefix
@@ -762,9 +762,11 @@ statically against this release's source), and explicit refusal at start-up inst
 """
 
 DESIGN = """\
-* **Kernels** (`sage_attn/kernels.py`, Triton): INT8 Q·Kᵀ on the tensor cores with one scale per block;
-  K is smoothed by its per-sequence mean (exact under softmax) and Q by its mean with the exact fp32
-  `mean_q·k` term added back; online softmax in fp32; P·V in fp16 with fp32 accumulation. K/V are read in
+* **Kernels** (`sage_attn/kernels.py`, Triton): Q·Kᵀ split by rotary frequency — the fast-rotating half
+  of each head in INT8 on the tensor cores (one scale per query row and per key row, K smoothed by the mean
+  of its sequence's first 64 keys: exact under softmax), the slow-rotating half in fp16; online softmax in
+  fp32; P·V in fp16 with fp32 accumulation. A row's output does not depend on how the batch was cut, so
+  radix hits and chunked prefill give bitwise the one-shot result. K/V are read in
   place from the paged KV pool through `req_to_token`; only SGLang's `set_kv_buffer` writes the pool.
 * **Causal mask aligned to the end** of each sequence: query row *r* of a request with prefix *p* sees
   keys `0..p+r` (prefill, extend after a radix hit, chunked prefill and mixed batches).

@@ -27,7 +27,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit(repo: Path) -> dict[str, Any]:
-    """HEAD and whether the tree had uncommitted changes (a report of a dirty tree says so)."""
+    """HEAD and whether the tree had uncommitted changes (a report of a dirty tree says so).
+
+    ``$SGLANG_SAGE_GIT_COMMIT``, when set, wins: a tree copied to a GPU machine may carry no .git or
+    a stale one (the device tool's copy kept the session's first HEAD), and the sender knows better.
+    """
+    import os
+
     def run(*args: str) -> str | None:
         try:
             return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
@@ -35,12 +41,12 @@ def git_commit(repo: Path) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
+    given = os.environ.get("SGLANG_SAGE_GIT_COMMIT")
+    if given:
+        return {"commit": given, "dirty": None, "note": "commit from $SGLANG_SAGE_GIT_COMMIT (set by the sender)"}
     commit = run("rev-parse", "HEAD")
     if commit is None:  # a copy of the tree without .git (e.g. sent to a GPU machine)
-        import os
-
-        return {"commit": os.environ.get("SGLANG_SAGE_GIT_COMMIT"), "dirty": None,
-                "note": "no git metadata; commit from $SGLANG_SAGE_GIT_COMMIT"}
+        return {"commit": None, "dirty": None, "note": "no git metadata and no $SGLANG_SAGE_GIT_COMMIT"}
     status = run("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status)}
 

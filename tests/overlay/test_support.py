@@ -57,3 +57,25 @@ def test_stats_publish_and_count(sage_attn, tmp_path, monkeypatch):
     assert data["decode_backend"] == "flashinfer"
     assert data["counters"]["prefill_8bit_layer_calls"] == 30
     assert data["counters"]["prefill_8bit_batches"] == 1
+
+
+def test_stats_publish_first_use_at_once_and_then_throttled(sage_attn, tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_SAGE_STATS_DIR", str(tmp_path))
+    stats = sage_attn["stats"]
+    st = stats.SageStats("flashinfer")
+    clock = [1000.0]
+    monkeypatch.setattr(stats.time, "monotonic", lambda: clock[0])
+
+    def on_disk():
+        return json.loads(next(tmp_path.glob("sage_attn_stats_*.json")).read_text())["counters"]
+
+    st.batch_done("decode_batches")
+    assert on_disk()["decode_batches"] == 1  # first decode batch: published at once
+    st.batch_done("decode_batches")
+    assert on_disk()["decode_batches"] == 1  # same paths, within the interval: not rewritten
+    st.batch_done("extend_prefix_8bit_batches")
+    assert on_disk()["extend_prefix_8bit_batches"] == 1  # a new path: published at once
+    assert on_disk()["decode_batches"] == 2
+    clock[0] += stats.PUBLISH_INTERVAL_S
+    st.batch_done("decode_batches")
+    assert on_disk()["decode_batches"] == 3  # interval over: published

@@ -73,6 +73,18 @@ def _real_text() -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+def teacher_top1(engine, ids: list) -> list:
+    """Teacher-forced arg-max next token at every position of ``ids`` (None where none is given)."""
+    out = engine.generate(
+        input_ids=[ids],
+        sampling_params={"temperature": 0.0, "max_new_tokens": 1},
+        return_logprob=True,
+        logprob_start_len=0,
+        top_logprobs_num=1,
+    )[0]
+    return [None if r is None else r[0][1] for r in out["meta_info"]["input_top_logprobs"]]
+
+
 def _read_stats() -> dict:
     total: dict = {}
     for path in glob.glob(os.path.join(STATS_DIR, "sage_attn_stats_*.json")):
@@ -118,15 +130,7 @@ def run_workload(name: str, **engine_kw) -> dict:
         tok = AutoTokenizer.from_pretrained(MODEL)
         ids = tok.encode(_real_text())[:2100]
         res["n_positions"] = len(ids) - 1
-        out = engine.generate(
-            input_ids=[ids],
-            sampling_params={"temperature": 0.0, "max_new_tokens": 1},
-            return_logprob=True,
-            logprob_start_len=0,
-            top_logprobs_num=1,
-        )[0]
-        rows = out["meta_info"]["input_top_logprobs"]
-        res["teacher_top1"] = [None if r is None else r[0][1] for r in rows]
+        res["teacher_top1"] = teacher_top1(engine, ids)
         engine.flush_cache()
         cold = engine.generate(RADIX_A, GREEDY)["text"]
         repeat = engine.generate(RADIX_A, GREEDY)["text"]

@@ -2,13 +2,16 @@
 
 The scheduler runs in its own process, so the counters are published as a small JSON file per
 process in ``$SGLANG_SAGE_STATS_DIR`` (when that variable is set): a report can then prove which
-kernels ran. Counting is a Python integer increment; the file is rewritten once per batch.
+kernels ran. Counting is a Python integer increment. The file is rewritten when a path runs for
+the first time (so "did the 8-bit kernel run?" is answered at once) and otherwise at most every
+``PUBLISH_INTERVAL_S``: a file write per decode step would tax serving for a report's sake.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 COUNTER_NAMES = (
@@ -21,6 +24,7 @@ COUNTER_NAMES = (
     "cuda_graph_decode_replays",
 )
 STATS_DIR_ENV = "SGLANG_SAGE_STATS_DIR"
+PUBLISH_INTERVAL_S = 0.5
 
 
 class SageStats:
@@ -32,14 +36,21 @@ class SageStats:
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         stats_dir = os.environ.get(STATS_DIR_ENV)
         self._path = Path(stats_dir) / f"sage_attn_stats_{os.getpid()}.json" if stats_dir else None
+        self._published_paths: frozenset[str] = frozenset()
+        self._published_at = float("-inf")
 
     def add(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
     def batch_done(self, name: str) -> None:
-        """Count one batch and publish all counters (the layer calls of the previous batch too)."""
+        """Count one batch; publish all counters (the previous batch's layer calls too) when a path
+        ran for the first time or the last file is older than ``PUBLISH_INTERVAL_S``."""
         self.counters[name] += 1
-        self.publish()
+        if self._path is None:
+            return
+        ran = frozenset(k for k, v in self.counters.items() if v)
+        if ran != self._published_paths or time.monotonic() - self._published_at >= PUBLISH_INTERVAL_S:
+            self.publish()
 
     def publish(self) -> None:
         if self._path is None:
@@ -54,3 +65,5 @@ class SageStats:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, self._path)
+        self._published_paths = frozenset(k for k, v in self.counters.items() if v)
+        self._published_at = time.monotonic()
