@@ -415,15 +415,20 @@ def _backend_cell(e: dict[str, Any] | None) -> str:
     return "ERR"
 
 
-def render_kernel_markdown(doc: dict[str, Any]) -> str:
-    """Markdown report of a kernel result document: speed table, accuracy table, targets, notes."""
-    results = doc.get("results", [])
-    parts = [f"# Attention kernel benchmark ({doc.get('env', {}).get('gpu', '?')})\n\n",
-             env_markdown(doc.get("env", {})), "\n"]
+def _doc_header(title: str, doc: dict[str, Any]) -> list[str]:
+    """Title with the GPU, the environment list and the run's scalar settings (both reports start so)."""
+    parts = [f"# {title} ({doc.get('env', {}).get('gpu', '?')})\n\n", env_markdown(doc.get("env", {})), "\n"]
     cfg = doc.get("config", {})
     if cfg:
         parts.append("Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
                                               if not isinstance(v, (dict, list))) + "\n\n")
+    return parts
+
+
+def render_kernel_markdown(doc: dict[str, Any]) -> str:
+    """Markdown report of a kernel result document: speed table, accuracy table, targets, notes."""
+    results = doc.get("results", [])
+    parts = _doc_header("Attention kernel benchmark", doc)
     parts.append("Time in ms (median of `triton.testing.do_bench`), TFLOPS in parentheses "
                  "(causal FLOPs `4·B·Hq·D·(Lq·Lkv − Lq²/2)`). `*`: ran with a dense mask "
                  "(no native bottom-right causal). Ratios are time(other)/time(sage_attn), where "
@@ -611,12 +616,7 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
     order = [c for c in E2E_CONFIGS if any(r.get("config") == c for r in results)]
     order += [r.get("config") for r in results if r.get("config") not in order]
     by = _e2e_by_config(results)
-    parts = [f"# End-to-end SGLang benchmark ({doc.get('env', {}).get('gpu', '?')})\n\n",
-             env_markdown(doc.get("env", {})), "\n"]
-    cfg = doc.get("config", {})
-    if cfg:
-        parts.append("Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
-                                              if not isinstance(v, (dict, list))) + "\n\n")
+    parts = _doc_header("End-to-end SGLang benchmark", doc)
     parts.append("Prefill: wall latency of `Engine.generate(max_new_tokens=1)`, minimum over repeats "
                  "(fresh random prompt each time, so the radix cache never hits). Decode: "
                  "`(n-1) / (T(n tokens) - T(1 token))` tokens/s at batch 1.\n\n")

@@ -48,8 +48,9 @@ THRESHOLDS: dict[str, tuple[float, str, str]] = {
     "kv_capacity_min_ratio": (0.99, "sage/baseline", "8-bit attention must not shrink the KV pool (same cache dtype)"),
     "peak_extra_max_mib": (512.0, "MiB", "scratch for INT8 K/fp16 V copies is per layer and small"),
     "drift_local_max_rel_l2": (0.10, "relative L2",
-                               "one layer's 8-bit attention output vs bf16 SDPA on identical inputs: INT8 QK with "
-                               "per-block scales gives a few % (cos ≥ 0.999); 10 % flags a broken kernel"),
+                               "one layer's 8-bit attention output vs bf16 SDPA on identical inputs: "
+                               "INT8/fp16 split QK with per-row scales gives ~1 % (cos ≥ 0.999); "
+                               "10 % flags a broken kernel"),
     "drift_propagated_max_rel_l2": (0.25, "relative L2", "last layer after 30 layers of each run feeding itself"),
     "drift_logits_kl_max": (0.01, "nats/token", "full-vocabulary KL of the final logits (HF model), as kl_max"),
 }
