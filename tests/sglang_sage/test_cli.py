@@ -229,13 +229,19 @@ def test_interrupt_after_git_apply(installed: Path, digest, monkeypatch) -> None
 
 
 def test_git_missing(installed: Path, tmp_path: Path, digest) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "python").symlink_to(sys.executable)
-    env = dict(os.environ, PATH=str(bindir), PYTHONPATH=str(REPO))
+    """PATH without git: a clear refusal (exit 4), nothing written.
+
+    The interpreter is started by its own path, not through a link in a PATH-only directory: a
+    venv's python reached through a symlink elsewhere does not find its pyvenv.cfg and leaves the
+    venv (no `rich`, no GitPython), which is a different failure than the one tested here.
+    """
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(PATH=str(empty_path), PYTHONPATH=str(REPO))
     before = digest(installed)
     proc = subprocess.run(
-        [str(bindir / "python"), str(REPO / "apply.py"), "--sglang-dir", str(installed), "--no-tests"],
+        [sys.executable, str(REPO / "apply.py"), "--sglang-dir", str(installed), "--no-tests"],
         capture_output=True,
         text=True,
         env=env,

@@ -17,6 +17,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = line.split(" || ")[0].strip()
     assert command in readme
     assert '-m "not gpu"' in command and "set -euo pipefail" in ci and '"$rc" -eq 5' in ci
+    # ... inside a virtual environment it creates itself, activated before the command runs
+    venv_at = ci.index(" -m venv ")
+    assert venv_at < ci.index("bin/activate") < ci.index(command)
 
 
 def test_exit_codes_documented() -> None:
