@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sglang_sage import build, engine, fetch, gpu_tests, maint, pr
+from sglang_sage import build, engine, fetch, gpu_tests, installed, maint, pr
 from sglang_sage import errors as ec
 from sglang_sage.errors import SageError
 from sglang_sage.layout import LayoutKind, detect
@@ -29,7 +29,8 @@ def _epilog() -> str:
     codes = "\n".join(f"  {code:>3}  {text}" for code, text in ec.EXIT_CODES.items())
     return (
         "examples:\n"
-        "  python apply.py                                # fetch pinned SGLang into .sglang/<ver>/, apply, test\n"
+        "  python apply.py                                # the SGLang this python imports (else the pinned release)\n"
+        "  python apply.py --fetch                        # fetch pinned SGLang into .sglang/<ver>/, apply, test\n"
         "  python apply.py --sglang-dir ~/src/sglang      # git checkout at v0.5.17\n"
         "  python apply.py --sglang-dir .venv/lib/python3.11/site-packages --no-tests\n"
         "  python apply.py status --sglang-dir DIR --json\n"
@@ -38,15 +39,27 @@ def _epilog() -> str:
     )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+_FETCHED_TARGET = "the pinned release fetched from PyPI into .sglang/<version>/ as a git checkout"
+_INSTALLED_TARGET = "the SGLang that --python imports when it is a supported version, else " + _FETCHED_TARGET
+
+
+def _common(p: argparse.ArgumentParser, *, default_target: str = _FETCHED_TARGET) -> None:
     p.add_argument(
         "--sglang-dir",
         type=Path,
         metavar="DIR",
-        help="SGLang git checkout, unpacked sdist or site-packages dir (default: fetch the pinned "
-        "release from PyPI into .sglang/<version>/ as a git checkout)",
+        help=f"SGLang git checkout, unpacked sdist or site-packages dir (default: {default_target})",
     )
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON report on stdout")
+
+
+def _target_opts(p: argparse.ArgumentParser, python_help: str) -> None:
+    p.add_argument("--python", default=sys.executable, metavar="EXE", help=python_help + " (default: this one)")
+    p.add_argument(
+        "--fetch",
+        action="store_true",
+        help="without --sglang-dir: use the fetched pinned release even when --python has an SGLang installed",
+    )
 
 
 def _patch_set_opt(p: argparse.ArgumentParser) -> None:
@@ -67,13 +80,12 @@ def _apply_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-api-check", action="store_true", help="do not run the static API check (development only)")
 
 
+_RUN_PYTHON = "interpreter of the SGLang environment: its installed SGLang is the default target; build and GPU tests"
+_FIND_PYTHON = "interpreter whose installed SGLang is the default target"
+
+
 def _run_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--python",
-        default=sys.executable,
-        metavar="EXE",
-        help="interpreter of the SGLang environment, for build and GPU tests (default: this one)",
-    )
+    _target_opts(p, _RUN_PYTHON)
     p.add_argument("--no-tests", action="store_true", help="do not run the GPU attention tests")
     p.add_argument(
         "--test-log",
@@ -89,7 +101,6 @@ def parser() -> argparse.ArgumentParser:
         prog="apply.py",
         description="Turn a pinned SGLang into SGLang + the 8-bit SageAttention backend `sage_attn`, "
         "reproducibly, or refuse with a reason and change nothing. Default command: apply.",
-        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
@@ -98,10 +109,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "apply",
         help="verify pins, apply patches + overlay, rebuild, run GPU tests",
-        epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _apply_opts(p)
     _run_opts(p)
@@ -111,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="rebuild command instead of `pip install -e python --no-deps` ({python}, {pkg_root}, {root} expand)",
     )
+    # `python apply.py --help` is what people type first: show the default command's options there too
+    top.epilog = _options_of(p, "options of apply, the default command (python apply.py [apply] [options])") + (
+        "\n" + _epilog()
+    )
+    p.epilog = _epilog()
 
     p = sub.add_parser(
         "status",
@@ -118,24 +133,27 @@ def parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser(
         "revert", help="restore the byte-identical pristine tree (hash-verified)", epilog=_epilog(), formatter_class=fmt
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser("check", help="every apply check, without writing", epilog=_epilog(), formatter_class=fmt)
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _apply_opts(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser(
         "test",
         help="run the registered sage_attn GPU tests against an applied tree",
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _run_opts(p)
     p = sub.add_parser(
@@ -164,6 +182,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _options_of(p: argparse.ArgumentParser, title: str) -> str:
+    """The option list of one subcommand, as its own --help prints it (without usage and epilog)."""
+    formatter = p._get_formatter()
+    formatter.start_section(title)
+    for group in p._action_groups:
+        formatter.add_arguments([a for a in group._group_actions if a.option_strings and a.dest != "help"])
+    formatter.end_section()
+    return formatter.format_help()
+
+
 def _default_version() -> str:
     """The newest GPU-verified patch set (newest of all when none is)."""
     versions = available_versions()
@@ -174,8 +202,26 @@ def _default_version() -> str:
 
 
 def _target_dir(args: argparse.Namespace, console: Console) -> Path:
+    """--sglang-dir; else the SGLang that --python imports (named before anything is written); else, or
+    with --fetch, the pinned release fetched into .sglang/<version>/."""
     if args.sglang_dir is not None:
+        if getattr(args, "fetch", False):
+            raise SageError("--fetch and --sglang-dir exclude each other: name one target", code=ec.USAGE)
         return args.sglang_dir
+    python = getattr(args, "python", None)
+    if python is not None and not args.fetch:
+        found = installed.find(python)
+        if found is not None:
+            console.print(f"[bold]target:[/] {escape(found.describe())}", soft_wrap=True)
+            try:
+                patchset_dir(getattr(args, "patch_set", None) or found.layout.version)
+            except SageError as exc:
+                exc.details.append(
+                    f"this is the SGLang installed for {python}; `--fetch` uses the pinned release instead, "
+                    "`--sglang-dir DIR` another tree"
+                )
+                raise
+            return found.layout.root
     version = getattr(args, "patch_set", None) or _default_version()
     manifest = Manifest.load(patchset_dir(version) / "manifest.toml")
     dest = REPO / ".sglang" / version
@@ -183,6 +229,11 @@ def _target_dir(args: argparse.Namespace, console: Console) -> Path:
         console.print(
             f"[bold]fetching[/] SGLang {version} from PyPI (pip download, cached in {fetch.cache_dir()}) "
             f"-> git checkout {dest}"
+        )
+    elif python is not None and not args.fetch:
+        console.print(
+            f"[bold]target:[/] no SGLang installed for {escape(python)}; using the pinned release {dest}",
+            soft_wrap=True,
         )
     return fetch.ensure_checkout(version, manifest.upstream_tag, dest)
 

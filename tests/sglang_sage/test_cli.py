@@ -297,3 +297,72 @@ def test_default_target_is_fetched_checkout(tmp_path: Path, capsys, monkeypatch)
     assert_registered(target / "python")
     code, rep = run(capsys, "status")
     assert code == 0 and rep["state"] == "applied"
+
+
+# ----------------------------------------------------------------------------- default target, --help
+
+
+def python_importing(tmp_path: Path, site: Path) -> str:
+    """An interpreter (this one) whose `import sglang` finds the package under `site`."""
+    exe = tmp_path / "bin-with-sglang" / "python"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_default_target_is_the_installed_sglang(installed: Path, tmp_path: Path, capsys) -> None:
+    """No --sglang-dir: the SGLang that --python imports is patched, and named before anything is written."""
+    python = python_importing(tmp_path, installed)
+    code, rep = run(capsys, "apply", "--python", python, "--no-tests", "--no-build")
+    assert code == 0 and rep["target"] == str(installed) and rep["layout"] == "installed", rep
+    assert_registered(installed)
+    code, rep = run(capsys, "status", "--python", python)
+    assert code == 0 and rep["state"] == "applied" and rep["target"] == str(installed)
+
+
+def test_installed_target_is_named_first(installed: Path, tmp_path: Path, capsys) -> None:
+    python = python_importing(tmp_path, installed)
+    assert main(["check", "--python", python]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.index(f"target: SGLang 0.5.17 installed for {python}") < out.index("check ")
+
+
+def test_editable_checkout_is_targeted_as_a_checkout(checkout: Path, tmp_path: Path, capsys) -> None:
+    code, rep = run(capsys, "status", "--python", python_importing(tmp_path, checkout / "python"))
+    assert code == 0 and rep["target"] == str(checkout) and rep["layout"] == "git-checkout", rep
+
+
+def test_installed_unsupported_version_is_refused(sdist_root: Path, tmp_path: Path, digest, capsys) -> None:
+    before = digest(sdist_root)
+    code, rep = run(capsys, "apply", "--python", python_importing(tmp_path, sdist_root), "--no-tests")
+    assert code == ec.REFUSED and "0.5.10.post1 is not supported" in rep["message"], rep
+    assert any("--fetch" in d for d in rep["details"])
+    assert digest(sdist_root) == before
+
+
+def test_fetch_forces_the_pinned_release(installed: Path, checkout: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import sglang_sage.cli as cli
+
+    asked: list[tuple[str, str, Path]] = []
+
+    def fake_checkout(version: str, tag: str, dest: Path, **_: object) -> Path:
+        asked.append((version, tag, dest))
+        return checkout
+
+    monkeypatch.setattr(cli, "REPO", tmp_path)
+    monkeypatch.setattr(cli.fetch, "ensure_checkout", fake_checkout)
+    code, rep = run(capsys, "status", "--python", python_importing(tmp_path, installed), "--fetch")
+    assert code == 0 and rep["target"] == str(checkout), rep
+    assert asked == [("0.5.17", "v0.5.17", tmp_path / ".sglang" / "0.5.17")]
+    code, rep = run(capsys, "status", "--fetch", "--sglang-dir", str(installed))
+    assert code == ec.USAGE and "--fetch" in rep["message"]
+
+
+def test_top_level_help_shows_the_apply_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    section = out[out.index("options of apply, the default command") :]
+    for flag in ("--sglang-dir", "--no-tests", "--json", "--python", "--fetch", "--force", "--no-build"):
+        assert flag in section, flag
