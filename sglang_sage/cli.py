@@ -395,7 +395,9 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         if args.command == "status":
             report = engine.status(t)
         elif args.command == "revert":
-            report = engine.revert(t, progress=progress)
+            with engine.locked(t, progress) as notes:
+                report = engine.revert(t, progress=progress)
+            report.warnings[:0] = notes
         elif args.command == "check":
             report = engine.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
         elif args.command == "test":
@@ -408,12 +410,14 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         else:
             if not args.no_tests or not args.no_build:
                 _check_python(args.python, t.manifest)
-            report = engine.apply(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
-            if not report.message.startswith("already applied"):
-                if not args.no_build:
-                    _build(t, args, report, progress)
-                if report.exit_code == ec.OK and not args.no_tests:
-                    _gpu_tests(t, args, report, progress)
+            with engine.locked(t, progress) as notes:  # held through build and tests: both read the tree
+                report = engine.apply(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
+                if not report.message.startswith("already applied"):
+                    if not args.no_build:
+                        _build(t, args, report, progress)
+                    if report.exit_code == ec.OK and not args.no_tests:
+                        _gpu_tests(t, args, report, progress)
+            report.warnings[:0] = notes
     finally:
         if status_ctx is not None:
             status_ctx.stop()

@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sglang_sage.errors import APPLY_FAILED, OK, REFUSED, SageError
 from sglang_sage.gitapply import GitApply
 from sglang_sage.hashing import sha256_bytes, sha256_file
 from sglang_sage.layout import Layout, LayoutKind, detect
+from sglang_sage.lock import TreeLock
 from sglang_sage.manifest import Manifest
 from sglang_sage.pyproject_edit import PyprojectEdit, apply_edit
 from sglang_sage.series import Series, load, patchset_dir
@@ -113,6 +115,37 @@ class Target:
         if self.layout.kind is LayoutKind.INSTALLED and self.layout.dist_info is not None:
             return self.layout.dist_info / "sglang-sage"
         return self.layout.root / ".sglang-sage"
+
+    def lock_path(self) -> Path:
+        """The tree's lock file, beside the state directory (not in it: revert removes that)."""
+        state = self.state_dir()
+        return state.with_name(state.name + ".lock")
+
+    def journal_dir(self) -> Path:
+        """Write-ahead journal of the running transaction; left behind only by a killed run."""
+        state = self.state_dir()
+        return state.with_name(state.name + ".journal")
+
+
+@contextmanager
+def locked(t: Target, progress: Progress = _quiet) -> Iterator[list[str]]:
+    """Hold the tree's lock; roll back what a killed run left half-done first. Yields warnings to report.
+
+    Used by every command that writes the tree (apply, revert, pr).
+    """
+    notes: list[str] = []
+    with TreeLock(t.lock_path(), waiting=progress) as lock:
+        stale = lock.stale_message()
+        if stale:
+            notes.append(stale)
+        journal = t.journal_dir()
+        if journal.exists():
+            progress("rolling back an interrupted run")
+            restored = Transaction.recover(journal)
+            notes.append(
+                f"an interrupted sglang-sage run left a journal ({journal}); rolled its {restored} change(s) back"
+            )
+        yield notes
 
 
 def open_target(
@@ -216,6 +249,10 @@ def status(t: Target) -> Report:
     report = _report("status", t, items)
     for line in overlay_mod.stale(t.overlay_files, t.manifest.overlay):
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
+    if t.journal_dir().exists():
+        report.warnings.append(
+            f"an interrupted run left a journal ({t.journal_dir()}): the next apply or revert rolls it back first"
+        )
     return report
 
 
@@ -356,7 +393,6 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
 # ----------------------------------------------------------------------------- apply
 
 
-
 def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[Item]:
     """Status of every step after writing; raising inside the transaction rolls the writes back.
 
@@ -367,6 +403,7 @@ def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[I
     if bad:
         raise SageError(failure, code=APPLY_FAILED, details=[f"{i.path}: {i.state} {i.detail}" for i in bad])
     return items
+
 
 def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
     """Apply patches, the pyproject edit and the overlay as one transaction."""
@@ -381,7 +418,7 @@ def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
     for line in overlay_mod.stale(t.overlay_files, t.manifest.overlay):
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
     state_dir = t.state_dir()
-    with Transaction() as tx:
+    with Transaction(journal=t.journal_dir()) as tx:
         if plan.pending_patch_files:
             progress("applying patches")
             for f in plan.pending_patch_files:
@@ -466,7 +503,7 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
         raise SageError(f"{t.layout.root}: cannot write the tree", details=sorted(set(problems)))
 
     report = Report("revert", str(t.layout.root), t.layout.kind.value, t.layout.version)
-    with Transaction() as tx:
+    with Transaction(journal=t.journal_dir()) as tx:
         if applied_files:
             progress("reverse-applying patches")
             for f in applied_files:

@@ -184,8 +184,16 @@ def load_report(path: Path) -> VerifyReport:
 # ----------------------------------------------------------------------------- git
 
 
-_REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
+_REDIRECTING = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_COMMON_DIR",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
 
 
 def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -200,8 +208,15 @@ def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _git(repo: Path, *args: str, step: str, env: dict[str, str] | None = None, stdin: str | None = None,
-         check: bool = True, code: int = APPLY_FAILED) -> subprocess.CompletedProcess[str]:
+def _git(
+    repo: Path,
+    *args: str,
+    step: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    check: bool = True,
+    code: int = APPLY_FAILED,
+) -> subprocess.CompletedProcess[str]:
     """Run git in `repo`; a failure raises a SageError that names the step it belongs to."""
     proc = subprocess.run(
         ["git", "-c", "commit.gpgsign=false", *args],
@@ -408,6 +423,23 @@ def prepare(
             f"{layout.root}: not a git checkout but {what}; a pull request needs the SGLang git repository "
             "(DIR/python/sglang + DIR/.git)"
         )
+    with engine.locked(t, progress) as notes:
+        result = _prepare_locked(t, out, verify_report, identity, overlay_root, patches_root, progress)
+    result.warnings[:0] = notes
+    return result
+
+
+def _prepare_locked(
+    t: engine.Target,
+    out: Path,
+    verify_report: VerifyReport | None,
+    identity: Identity | None,
+    overlay_root: Path | None,
+    patches_root: Path | None,
+    progress: Progress,
+) -> PrResult:
+    """`prepare` after the refusals that need no git, under the tree's lock."""
+    layout = t.layout
     root = layout.root
     if out.resolve() == root or root in out.resolve().parents:
         raise SageError(f"--out {out}: is inside the checkout {root}; the mails would dirty the tree they describe")
@@ -472,8 +504,17 @@ def prepare(
                 commit_env[f"GIT_{who}_EMAIL"] = s.author.email
                 commit_env[f"GIT_{who}_DATE"] = s.date
             parent = _out(
-                root, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-F", "-",
-                step=f"{s.name}: commit", env=commit_env, stdin=s.message(),
+                root,
+                "commit-tree",
+                "--no-gpg-sign",
+                tree,
+                "-p",
+                parent,
+                "-F",
+                "-",
+                step=f"{s.name}: commit",
+                env=commit_env,
+                stdin=s.message(),
             )
             built.append((s, parent))
         if not built:
@@ -492,9 +533,22 @@ def prepare(
             # explicit flags: a user's format.* / diff.* config (cover letter, sign-off, suffix, no prefix,
             # attachments, notes) must not change what `git am DIR/*.patch` sees
             names = _out(
-                root, "format-patch", "--no-signature", "--no-cover-letter", "--suffix=.patch", "--no-signoff",
-                "--no-attach", "--no-notes", "--no-from", "--no-thread", "--src-prefix=a/", "--dst-prefix=b/",
-                "-o", str(out.resolve()), f"{base_sha}..{ref}", step="git format-patch",
+                root,
+                "format-patch",
+                "--no-signature",
+                "--no-cover-letter",
+                "--suffix=.patch",
+                "--no-signoff",
+                "--no-attach",
+                "--no-notes",
+                "--no-from",
+                "--no-thread",
+                "--src-prefix=a/",
+                "--dst-prefix=b/",
+                "-o",
+                str(out.resolve()),
+                f"{base_sha}..{ref}",
+                step="git format-patch",
             ).splitlines()
             written += [Path(n) for n in names]
             progress("checking the series (git am and apply on fresh clones)")
@@ -504,12 +558,11 @@ def prepare(
                 for png in verify_report.plots:
                     shutil.copyfile(png, out / png.name)
                     written.append(out / png.name)
-                warnings += [f"report plot {n}: not found next to {verify_report.path}" for n in
-                             verify_report.missing_plots]
+                warnings += [
+                    f"report plot {n}: not found next to {verify_report.path}" for n in verify_report.missing_plots
+                ]
             pr_md = out / "PR.md"
-            pr_md.write_text(
-                render_pr(t, base_sha, branch, commits, verdict, verify_report, skipped), encoding="utf-8"
-            )
+            pr_md.write_text(render_pr(t, base_sha, branch, commits, verdict, verify_report, skipped), encoding="utf-8")
             written.append(pr_md)
         except BaseException:
             _rollback(root, ref, published, written, out if created_out else None)
@@ -571,8 +624,16 @@ def _plan(
         if not t.overlay_files:
             return "no overlay files"
         # --no-filters: the blobs are the overlay's bytes, as `apply` writes them (mode 644 like apply's chmod)
-        shas = _out(root, "hash-object", "-w", "--no-filters", "--stdin-paths", step="overlay: hash-object",
-                    env=env, stdin="\n".join(str(of.source) for of in t.overlay_files) + "\n").split()
+        shas = _out(
+            root,
+            "hash-object",
+            "-w",
+            "--no-filters",
+            "--stdin-paths",
+            step="overlay: hash-object",
+            env=env,
+            stdin="\n".join(str(of.source) for of in t.overlay_files) + "\n",
+        ).split()
         info = "".join(f"100644 {sha}\t{of.dest}\n" for sha, of in zip(shas, t.overlay_files))
         _git(root, "update-index", "--add", "--index-info", step="overlay: update-index", env=env, stdin=info)
         return None
@@ -580,9 +641,8 @@ def _plan(
     doc = _docstring(t.overlay_root / BACKEND_DOC) or "New files of the sage_attn attention backend."
     body = doc + "\n\nNew files:\n" + "\n".join(f"- {of.dest}" for of in t.overlay_files)
     for ov in overlay_steps:
-        body += (
-            f"\n\nAdapted to SGLang {version} by {ov.name} ({mails[ov.name].subject}):\n"
-            + dep3_description(ov.path.read_text(encoding="utf-8"))
+        body += f"\n\nAdapted to SGLang {version} by {ov.name} ({mails[ov.name].subject}):\n" + dep3_description(
+            ov.path.read_text(encoding="utf-8")
         )
     steps = [
         _Step(
@@ -606,8 +666,15 @@ def _plan(
             mail = mails[name]
             subject, body = _subject_and_body(mail.subject, dep3_description(item.path.read_text(encoding="utf-8")))
             steps.append(
-                _Step(name, subject, body, _trailers(item.header.fields), identity or mail.author or fallback,
-                      mail.date or date, _patch_change(root, env, item))
+                _Step(
+                    name,
+                    subject,
+                    body,
+                    _trailers(item.header.fields),
+                    identity or mail.author or fallback,
+                    mail.date or date,
+                    _patch_change(root, env, item),
+                )
             )
         elif isinstance(item, PyprojectEdit):
             subject, body = _subject_and_body("", _edit_description(item))
@@ -677,9 +744,7 @@ def _rollback(root: Path, ref: str, published: list[Path], written: list[Path], 
         created_out.rmdir()
 
 
-def _describe(
-    root: Path, base: str, built: list[tuple[_Step, str]], adapted: dict[str, list[str]]
-) -> list[Commit]:
+def _describe(root: Path, base: str, built: list[tuple[_Step, str]], adapted: dict[str, list[str]]) -> list[Commit]:
     commits: list[Commit] = []
     parent = base
     for s, sha in built:
@@ -844,8 +909,10 @@ def render_pr(
     out += ["## What changed", "", "| file | from | + | − |", "| --- | --- | ---: | ---: |"]
     for c in commits:
         for f in c.files:
-            out.append(f"| `{f.path}` | {'overlay' if c.step == 'overlay' else 'patch'} `{f.source}` | {f.added} | "
-                       f"{f.removed} |")
+            out.append(
+                f"| `{f.path}` | {'overlay' if c.step == 'overlay' else 'patch'} `{f.source}` | {f.added} | "
+                f"{f.removed} |"
+            )
     out += ["", "| # | commit | subject |", "| --- | --- | --- |"]
     out += [f"| {i} | `{c.sha[:12]}` | {c.subject} |" for i, c in enumerate(commits, 1)]
     if skipped:
