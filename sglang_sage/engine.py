@@ -296,8 +296,49 @@ class Plan:
     writes: list[Path]
 
 
+def managed_paths(t: Target) -> list[Path]:
+    """Every path apply or revert may write or delete: patched files, the pyproject edit, overlay destinations."""
+    repo_paths = t.series.patched_files + [e.target for e in t.series.edits] + [o.dest for o in t.overlay_files]
+    return [p for p in (t.disk(r) for r in repo_paths) if p is not None]
+
+
+def link_problems(root: Path, paths: list[Path]) -> list[str]:
+    """Paths that are, or lie below, a symbolic link, or that resolve outside `root`.
+
+    Writing through a link writes outside the tree the user named (and revert would delete there),
+    so any link on the way from the root to a managed file is refused, whatever it points to.
+    """
+    problems: dict[str, None] = {}
+    for path in paths:
+        current = root
+        for part in path.relative_to(root).parts:
+            current = current / part
+            if current.is_symlink():
+                problems[f"{current}: is a symbolic link (-> {os.readlink(current)})"] = None
+                break
+            if not current.exists():
+                break
+        if current.is_symlink():
+            continue
+        resolved = path.resolve()
+        if root != resolved and root not in resolved.parents:
+            problems[f"{path}: resolves outside {root} (to {resolved})"] = None
+    return list(problems)
+
+
+def _refuse_links(t: Target, paths: list[Path]) -> None:
+    problems = link_problems(t.layout.root, paths)
+    if problems:
+        raise SageError(
+            f"{problems[0].split(': ', 1)[0]}: sglang-sage never writes through a symbolic link or outside "
+            f"{t.layout.root} (nothing was changed; replace the link by a real directory or file)",
+            details=problems,
+        )
+
+
 def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Plan:
     """Every check apply makes, in order, without writing; raises SageError naming what is wrong."""
+    _refuse_links(t, managed_paths(t))
     items = status_items(t)
     patch_items = [i for i in items if i.kind == "patch"]
 
@@ -486,6 +527,9 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
         report = _report("revert", t, items)
         report.message = f"{t.layout.root} is already pristine; nothing changed"
         return report
+    saved = _load_state(state_dir)
+    pyc = [t.layout.root / str(r) for r in saved.get("pyc", [])] if isinstance(saved.get("pyc"), list) else []
+    _refuse_links(t, managed_paths(t) + pyc)
     drifted = [i for i in items if i.state == DRIFTED]
     if drifted:
         raise SageError(
@@ -493,7 +537,6 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
             details=[f"{i.path}: {i.detail}" for i in drifted],
         )
     applied_files = [i.path for i in items if i.kind == "patch" and i.state == APPLIED]
-    saved = _load_state(state_dir)
     pyproject_path = t.disk(t.edit.target) if t.edit else None
     backup = state_dir / "pyproject.toml.orig"
     writes = [p for p in (t.disk(f) for f in applied_files) if p]
