@@ -225,17 +225,21 @@ def _target_dir(args: argparse.Namespace, console: Console) -> Path:
     version = getattr(args, "patch_set", None) or _default_version()
     manifest = Manifest.load(patchset_dir(version) / "manifest.toml")
     dest = REPO / ".sglang" / version
-    if not (dest / "python" / "sglang").is_dir():
-        console.print(
-            f"[bold]fetching[/] SGLang {version} from PyPI (pip download, cached in {fetch.cache_dir()}) "
-            f"-> git checkout {dest}"
-        )
-    elif python is not None and not args.fetch:
+    if python is not None and not args.fetch:
         console.print(
             f"[bold]target:[/] no SGLang installed for {escape(python)}; using the pinned release {dest}",
             soft_wrap=True,
         )
-    return fetch.ensure_checkout(version, manifest.upstream_tag, dest)
+    return fetch.ensure_checkout(version, manifest.upstream_tag, dest, _printer(console))
+
+
+def _printer(console: Console) -> fetch.Progress:
+    """Progress lines for steps that run before the status spinner (the fetch)."""
+
+    def say(message: str) -> None:
+        console.print(escape(message), soft_wrap=True, highlight=False)
+
+    return say
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -376,7 +380,9 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
             layout = detect(args.sglang_dir)
         else:
             m = Manifest.load(directory / "manifest.toml")
-            layout = detect(fetch.ensure_checkout(args.update, m.upstream_tag, REPO / ".sglang" / args.update))
+            layout = detect(
+                fetch.ensure_checkout(args.update, m.upstream_tag, REPO / ".sglang" / args.update, _printer(console))
+            )
         m = maint.update(directory, layout)
         report = engine.Report(
             "manifest",

@@ -366,3 +366,29 @@ def test_top_level_help_shows_the_apply_options(capsys) -> None:
     section = out[out.index("options of apply, the default command") :]
     for flag in ("--sglang-dir", "--no-tests", "--json", "--python", "--fetch", "--force", "--no-build"):
         assert flag in section, flag
+
+
+def test_fetch_says_what_it_downloads_and_how_big(tmp_path: Path, monkeypatch) -> None:
+    """A download names the release, the destination, pip's own size line and the saved size."""
+    from sglang_sage import fetch
+
+    fake_pip = tmp_path / "python"
+    fake_pip.write_text(
+        "#!/bin/sh\n"
+        'for a; do [ "$prev" = "-d" ] && out="$a"; prev="$a"; done\n'
+        'echo "Collecting sglang==9.9"\n'
+        'echo "  Downloading sglang-9.9-py3-none-any.whl (1.5 MB)"\n'
+        'head -c 1500000 /dev/zero > "$out/sglang-9.9-py3-none-any.whl"\n'
+        'echo "Saved $out/sglang-9.9-py3-none-any.whl"\n'
+    )
+    fake_pip.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake_pip))
+    monkeypatch.setenv("SGLANG_SAGE_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    whl = fetch.wheel("9.9", said.append)
+    assert whl == tmp_path / "cache" / "wheels" / "sglang-9.9-py3-none-any.whl"
+    assert said[0] == f"downloading sglang==9.9 (wheel) from PyPI into {whl.parent} (once; cached there)"
+    assert "  pip: Downloading sglang-9.9-py3-none-any.whl (1.5 MB)" in said
+    assert said[-1] == "saved sglang-9.9-py3-none-any.whl (1.5 MB)"
+    said.clear()
+    assert fetch.wheel("9.9", said.append) == whl and said == []  # cached: silent, no second download
