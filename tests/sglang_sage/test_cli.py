@@ -346,7 +346,7 @@ def test_fetch_forces_the_pinned_release(installed: Path, checkout: Path, tmp_pa
 
     asked: list[tuple[str, str, Path]] = []
 
-    def fake_checkout(version: str, tag: str, dest: Path, **_: object) -> Path:
+    def fake_checkout(version: str, tag: str, dest: Path, *_: object) -> Path:
         asked.append((version, tag, dest))
         return checkout
 
