@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,8 +99,8 @@ class Target:
 
     @property
     def edit(self) -> PyprojectEdit | None:
-        """The pyproject edit step, if the series has one."""
-        return self.series.edits[0] if self.series.edits else None
+        """The pyproject edit step, if the series has one (`series.load` refuses a second)."""
+        return self.series.edit
 
     def disk(self, repo_path: str) -> Path | None:
         """Where a repo-relative path lives in this layout."""
@@ -200,8 +199,8 @@ def status_items(t: Target) -> list[Item]:
                 )
             )
             items.append(Item("patch", step.name, f, state, detail))
-    for edit in t.series.edits:
-        items.append(_edit_item(t, edit))
+    if t.edit is not None:
+        items.append(_edit_item(t, t.edit))
     for of in t.overlay_files:
         dest = t.disk(of.dest)
         if dest is None:
@@ -298,7 +297,7 @@ class Plan:
 
 def managed_paths(t: Target) -> list[Path]:
     """Every path apply or revert may write or delete: patched files, the pyproject edit, overlay destinations."""
-    repo_paths = t.series.patched_files + [e.target for e in t.series.edits] + [o.dest for o in t.overlay_files]
+    repo_paths = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
     return [p for p in (t.disk(r) for r in repo_paths) if p is not None]
 
 
@@ -667,16 +666,6 @@ def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
     report.message = "all checks passed; apply would succeed"
     return report
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf that tolerates read-only bits (used by fetch for stale scratch trees)."""
-
-    def _onerror(func, p, _exc):  # type: ignore[no-untyped-def]
-        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
-        func(p)
-
-    shutil.rmtree(path, onerror=_onerror)
 
 
 __all__ = ["APPLY_FAILED", "REFUSED", "apply", "check", "open_target", "revert", "status"]

@@ -7,7 +7,6 @@ One patch set serves all layouts: patches are written against the git repository
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 from dataclasses import dataclass
 from email.parser import Parser
@@ -72,9 +71,6 @@ class Layout:
     def describe(self) -> str:
         """One line for humans."""
         return f"{self.kind.value} at {self.root} (SGLang {self.version}, from {self.version_source})"
-
-
-_VERSION_ASSIGN = re.compile(r"^__version__\s*=")
 
 
 def _literal_version(py_file: Path) -> str | None:
