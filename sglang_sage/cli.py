@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sglang_sage import build, engine, fetch, gpu_tests, installed, maint, pr
+from sglang_sage import engine, fetch, installed, maint, pipeline, pr
 from sglang_sage import errors as ec
 from sglang_sage.errors import SageError
-from sglang_sage.layout import LayoutKind, detect
+from sglang_sage.layout import detect
 from sglang_sage.manifest import Manifest
 from sglang_sage.series import PATCHES_DIR, available_versions, patchset_dir
 
@@ -284,72 +282,6 @@ def _emit(report: engine.Report, args: argparse.Namespace, console: Console) -> 
     return report.exit_code
 
 
-# ----------------------------------------------------------------------------- steps after apply
-
-
-def _check_python(python: str, manifest: Manifest) -> None:
-    try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SageError(f"--python {python}: cannot run it ({exc})") from exc
-    if Version(out) not in SpecifierSet(manifest.requires_python):
-        raise SageError(
-            f"--python {python} is Python {out}; SGLang {manifest.version} requires {manifest.requires_python}"
-        )
-
-
-def _build(t: engine.Target, args: argparse.Namespace, report: engine.Report, progress) -> None:  # type: ignore[no-untyped-def]
-    progress("rebuilding")
-    files = engine.touched_sources(t)
-    before = engine.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
-    result = build.run(t.layout, args.python, files, args.build_cmd)
-    if result.skipped:
-        report.warnings.append(f"build skipped: {result.skipped}")
-        return
-    if result.returncode != 0:
-        report.exit_code = ec.BUILD_FAILED
-        report.message = (
-            f"build failed ({' '.join(result.command)}, exit {result.returncode}); the tree stays patched "
-            f"(`python apply.py revert --sglang-dir {t.layout.root}` undoes it)\n{result.output}"
-        )
-        return
-    if t.layout.kind is LayoutKind.INSTALLED and not args.build_cmd:
-        engine.record_pyc(t, files, before)
-    report.actions.append(f"built: {' '.join(result.command[:6])}{' ...' if len(result.command) > 6 else ''}")
-
-
-def _gpu_tests(t: engine.Target, args: argparse.Namespace, report: engine.Report, progress) -> None:  # type: ignore[no-untyped-def]
-    progress("probing the GPU")
-    gpu = gpu_tests.probe(args.python)
-    if not gpu.available:
-        report.exit_code = ec.NO_GPU
-        report.message = (
-            f"{report.message}; GPU tests NOT run: no CUDA GPU visible to {args.python} ({gpu.detail}). "
-            f"Exit code {ec.NO_GPU} means 'applied, untested' (use --no-tests to skip on purpose)"
-        )
-        return
-    files = gpu_tests.test_files(t.layout, t.overlay_root)
-    if not files:
-        report.exit_code = ec.TESTS_FAILED
-        report.message = f"no registered tests matching {gpu_tests.TEST_GLOB} found"
-        return
-    progress(f"running {len(files)} GPU test file(s) on {gpu.detail}")
-    run = gpu_tests.run(t.layout, args.python, files, log_path=args.test_log)
-    if run.returncode != 0:
-        report.exit_code = ec.TESTS_FAILED
-        report.message = f"GPU tests failed ({' '.join(run.command)}):\n{run.output}"
-    else:
-        report.actions.append(
-            f"GPU tests passed on {gpu.detail}: {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
-        )
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -407,23 +339,18 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         elif args.command == "check":
             report = engine.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
         elif args.command == "test":
-            report = engine.status(t)
-            if report.state != engine.APPLIED:
-                raise SageError(f"{t.layout.root} is {report.state}; apply first")
-            report.command = "test"
-            report.message = "applied"
-            _gpu_tests(t, args, report, progress)
+            report = pipeline.test_applied(t, args.python, test_log=args.test_log, progress=progress)
         else:
-            if not args.no_tests or not args.no_build:
-                _check_python(args.python, t.manifest)
-            with engine.locked(t, progress) as notes:  # held through build and tests: both read the tree
-                report = engine.apply(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
-                if not report.message.startswith("already applied"):
-                    if not args.no_build:
-                        _build(t, args, report, progress)
-                    if report.exit_code == ec.OK and not args.no_tests:
-                        _gpu_tests(t, args, report, progress)
-            report.warnings[:0] = notes
+            options = pipeline.Options(
+                python=args.python,
+                force=args.force,
+                skip_api_check=args.skip_api_check,
+                build=not args.no_build,
+                build_cmd=args.build_cmd,
+                tests=not args.no_tests,
+                test_log=args.test_log,
+            )
+            report = pipeline.apply_build_test(t, options, progress=progress)
     finally:
         if status_ctx is not None:
             status_ctx.stop()

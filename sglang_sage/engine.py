@@ -62,6 +62,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     exit_code: int = OK
     message: str = ""
+    changed: bool = False  # did this command write the tree (False: already applied / pristine, or refused)
 
     def to_json(self) -> dict[str, object]:
         """Machine-readable form (stable keys)."""
@@ -71,6 +72,7 @@ class Report:
             "layout": self.layout,
             "version": self.version,
             "state": self.state,
+            "changed": self.changed,
             "exit_code": self.exit_code,
             "message": self.message,
             "actions": self.actions,
@@ -82,7 +84,7 @@ class Report:
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     return None
 
 
@@ -127,7 +129,7 @@ class Target:
 
 
 @contextmanager
-def locked(t: Target, progress: Progress = _quiet) -> Iterator[list[str]]:
+def locked(t: Target, progress: Progress = quiet) -> Iterator[list[str]]:
     """Hold the tree's lock; roll back what a killed run left half-done first. Yields warnings to report.
 
     Used by every command that writes the tree (apply, revert, pr).
@@ -335,7 +337,7 @@ def _refuse_links(t: Target, paths: list[Path]) -> None:
         )
 
 
-def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Plan:
+def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Plan:
     """Every check apply makes, in order, without writing; raises SageError naming what is wrong."""
     _refuse_links(t, managed_paths(t))
     items = status_items(t)
@@ -445,7 +447,7 @@ def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[I
     return items
 
 
-def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
+def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Report:
     """Apply patches, the pyproject edit and the overlay as one transaction."""
     items = status_items(t)
     if overall(items) == APPLIED:
@@ -504,6 +506,7 @@ def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
     report.items = items
     report.state = overall(report.items)
     report.message = f"applied sage_attn to {t.layout.root}"
+    report.changed = True
     return report
 
 
@@ -517,7 +520,7 @@ def _load_state(state_dir: Path) -> dict[str, object]:
         return {}
 
 
-def revert(t: Target, *, progress: Progress = _quiet) -> Report:
+def revert(t: Target, *, progress: Progress = quiet) -> Report:
     """Back to a byte-identical pristine tree, verified against the manifest's pre-image pins."""
     items = status_items(t)
     state = overall(items)
@@ -598,6 +601,7 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
     report.items = items
     report.state = overall(report.items)
     report.message = f"reverted {t.layout.root} to pristine SGLang {t.layout.version} (pre-image pins verified)"
+    report.changed = True
     return report
 
 
@@ -649,7 +653,7 @@ def touched_sources(t: Target) -> list[Path]:
 # ----------------------------------------------------------------------------- check
 
 
-def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
+def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Report:
     """Everything apply does short of writing."""
     items = status_items(t)
     report = _report("check", t, items)

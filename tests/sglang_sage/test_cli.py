@@ -89,6 +89,9 @@ def test_installed_apply_build_revert(installed: Path, digest, capsys) -> None:
     assert not (installed / "test").exists()  # tests run from overlay/ for installed packages
     tests = [i for i in rep["items"] if i["path"].startswith("test/")]
     assert tests and all(i["state"] == "n/a" for i in tests)
+    assert rep["changed"] and any(a.startswith("built: ") for a in rep["actions"])
+    code, again = run(capsys, "apply", "--sglang-dir", str(installed), "--no-tests")
+    assert code == 0 and not again["changed"] and again["actions"] == []  # nothing applied: nothing rebuilt
     code, rep = run(capsys, "revert", "--sglang-dir", str(installed))
     assert code == 0, rep
     assert digest(installed) == before
