@@ -337,6 +337,36 @@ def _refuse_links(t: Target, paths: list[Path]) -> None:
         )
 
 
+def require_clean(t: Target, repo_paths: list[str] | None, *, ignore: set[str] | None = None, hint: str) -> None:
+    """Refuse (exit 4) when git reports uncommitted changes: in `repo_paths`, or anywhere with None."""
+    dirty = [d for d in t.git.dirty(repo_paths or []) if d not in (ignore or set())]
+    if dirty:
+        where = "in files the patch set touches" if repo_paths else "(the checkout is not clean)"
+        raise SageError(f"{t.layout.root}: uncommitted changes {where} ({hint})", details=dirty[:20])
+
+
+def require_pristine(t: Target, items: list[Item] | None = None) -> None:
+    """Refuse unless every patched file and overlay destination is at the pre-image (the edit may be n/a)."""
+    bad = [i for i in (items or status_items(t)) if i.kind != "edit" and i.state not in (PRISTINE, NA)]
+    if bad:
+        raise SageError(
+            f"{t.layout.root}: not a pristine SGLang {t.manifest.version} "
+            f"{'checkout' if t.layout.kind is LayoutKind.GIT_CHECKOUT else 'tree'} (pins of {t.manifest.path})",
+            details=[f"{i.path}: {i.state}{' (' + i.detail + ')' if i.detail else ''}" for i in bad],
+        )
+
+
+def api_check(t: Target, progress: Progress = quiet) -> None:
+    """The static API check of the (effective) overlay against this tree; refuses listing every miss."""
+    progress("static API check of the overlay")
+    misses = apicheck.check(t.overlay_root, t.layout)
+    if misses:
+        raise SageError(
+            f"the overlay uses SGLang internals that SGLang {t.layout.version} lacks",
+            details=[str(m) for m in misses],
+        )
+
+
 def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Plan:
     """Every check apply makes, in order, without writing; raises SageError naming what is wrong."""
     _refuse_links(t, managed_paths(t))
@@ -344,14 +374,10 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
     patch_items = [i for i in items if i.kind == "patch"]
 
     progress("checking git state")
-    watched = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
-    ours = {i.path for i in items if i.state == APPLIED}  # changes apply itself made are not "dirty"
-    dirty = [d for d in t.git.dirty(watched) if d not in ours]
-    if dirty and not force:
-        raise SageError(
-            f"{t.layout.root}: uncommitted changes in files the patch set touches (commit or stash them, or --force)",
-            details=dirty,
-        )
+    if not force:
+        watched = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
+        ours = {i.path for i in items if i.state == APPLIED}  # changes apply itself made are not "dirty"
+        require_clean(t, watched, ignore=ours, hint="commit or stash them, or --force")
 
     progress("verifying pre-image pins")
     mismatched = [i for i in patch_items if i.state == DRIFTED]
@@ -407,13 +433,7 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
         raise SageError(f"{t.layout.root}: cannot write the tree", details=sorted(set(problems)))
 
     if not skip_api_check:
-        progress("static API check of the overlay")
-        misses = apicheck.check(t.overlay_root, t.layout)
-        if misses:
-            raise SageError(
-                f"the overlay uses SGLang internals that SGLang {t.layout.version} lacks",
-                details=[str(m) for m in misses],
-            )
+        api_check(t, progress)
 
     three_way = False
     if pending:

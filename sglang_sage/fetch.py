@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sglang_sage import gitrun
 from sglang_sage.errors import SageError
 
 GIT_ID = ["-c", "user.name=sglang-sage", "-c", "user.email=sglang-sage@localhost", "-c", "commit.gpgsign=false"]
@@ -78,10 +79,10 @@ def sdist(version: str, progress: Progress | None = None) -> Path:
 
 
 def _git(cwd: Path, *args: str) -> None:
-    env = dict(os.environ, GIT_AUTHOR_DATE=FIXED_DATE, GIT_COMMITTER_DATE=FIXED_DATE)
-    proc = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise SageError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}", code=1)
+    env = {"GIT_AUTHOR_DATE": FIXED_DATE, "GIT_COMMITTER_DATE": FIXED_DATE}
+    result = gitrun.run(cwd, *GIT_ID, *args, env=env)
+    if not result.ok:
+        raise SageError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}", code=1)
 
 
 def materialize_checkout(whl: Path, dest: Path, tag: str) -> Path:
