@@ -14,7 +14,7 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from sglang_sage import build, engine, gpu_tests
+from sglang_sage import build, gpu_tests, patcher
 from sglang_sage import errors as ec
 from sglang_sage.errors import SageError
 from sglang_sage.layout import LayoutKind
@@ -52,12 +52,12 @@ def check_python(python: str, manifest: Manifest) -> None:
         )
 
 
-def apply_build_test(t: engine.Target, options: Options, progress: engine.Progress = engine.quiet) -> engine.Report:
+def apply_build_test(t: patcher.Target, options: Options, progress: patcher.Progress = patcher.quiet) -> patcher.Report:
     """The `apply` command: lock, apply, and when that changed the tree, rebuild and run the GPU tests."""
     if options.tests or options.build:
         check_python(options.python, t.manifest)
-    with engine.locked(t, progress) as notes:  # held through build and tests: both read the tree
-        report = engine.apply(t, force=options.force, skip_api_check=options.skip_api_check, progress=progress)
+    with patcher.locked(t, progress) as notes:  # held through build and tests: both read the tree
+        report = patcher.apply(t, force=options.force, skip_api_check=options.skip_api_check, progress=progress)
         if report.changed:
             if options.build:
                 run_build(t, options, report, progress)
@@ -68,11 +68,11 @@ def apply_build_test(t: engine.Target, options: Options, progress: engine.Progre
 
 
 def test_applied(
-    t: engine.Target, python: str, *, test_log: Path | None = None, progress: engine.Progress = engine.quiet
-) -> engine.Report:
+    t: patcher.Target, python: str, *, test_log: Path | None = None, progress: patcher.Progress = patcher.quiet
+) -> patcher.Report:
     """The `test` command: the registered GPU tests against a tree that is applied already."""
-    report = engine.status(t)
-    if report.state != engine.APPLIED:
+    report = patcher.status(t)
+    if report.state != patcher.APPLIED:
         raise SageError(f"{t.layout.root} is {report.state}; apply first")
     report.command = "test"
     report.message = "applied"
@@ -80,11 +80,11 @@ def test_applied(
     return report
 
 
-def run_build(t: engine.Target, options: Options, report: engine.Report, progress: engine.Progress) -> None:
+def run_build(t: patcher.Target, options: Options, report: patcher.Report, progress: patcher.Progress) -> None:
     """Rebuild (editable reinstall, or byte-compile an installed package); a failure is exit 7, tree kept."""
     progress("rebuilding")
-    files = engine.touched_sources(t)
-    before = engine.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
+    files = patcher.touched_sources(t)
+    before = patcher.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
     result = build.run(t.layout, options.python, files, options.build_cmd)
     if result.skipped:
         report.warnings.append(f"build skipped: {result.skipped}")
@@ -97,12 +97,12 @@ def run_build(t: engine.Target, options: Options, report: engine.Report, progres
         )
         return
     if t.layout.kind is LayoutKind.INSTALLED and not options.build_cmd:
-        engine.record_pyc(t, files, before)
+        patcher.record_pyc(t, files, before)
     report.actions.append(f"built: {' '.join(result.command[:6])}{' ...' if len(result.command) > 6 else ''}")
 
 
 def run_gpu_tests(
-    t: engine.Target, python: str, test_log: Path | None, report: engine.Report, progress: engine.Progress
+    t: patcher.Target, python: str, test_log: Path | None, report: patcher.Report, progress: patcher.Progress
 ) -> None:
     """The registered attention tests on the target python's GPU: exit 3 without one, 6 when they fail."""
     progress("probing the GPU")

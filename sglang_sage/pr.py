@@ -13,7 +13,7 @@ Commits (author and dates taken from the patch mails, so the same base gives the
 1. the overlay (the backend's new files, with the set's overlay patches applied, byte for byte what
    `apply` installs), first so that every later commit of the series is importable on its own;
 2. one commit per SGLang-file patch of the series (`git apply`, message from its DEP-3 header);
-3. the pyproject edit step (the engine's structured tomlkit edit) when it changes anything; a tree
+3. the pyproject edit step (the structured tomlkit edit) when it changes anything; a tree
    without `python/pyproject.toml` gets no commit (n/a).
 
 The output is checked before it is reported: `git am` of the written mails on a fresh clone of the
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_sage import dep3, engine, gitrun, overlay_patches, upstream_style
+from sglang_sage import dep3, gitrun, overlay_patches, patcher, upstream_style
 from sglang_sage.dep3 import Author
 from sglang_sage.errors import APPLY_FAILED, INTERNAL, OK, REFUSED, SageError
 from sglang_sage.layout import LayoutKind
@@ -254,7 +254,7 @@ def prepare(
     author: str | None = None,
     overlay_root: Path | None = None,
     patches_root: Path | None = None,
-    progress: Progress = engine.quiet,
+    progress: Progress = patcher.quiet,
 ) -> PrResult:
     """Branch `sage-attn/<version>` + format-patch series + PR.md, checked with `git am` and `apply`.
 
@@ -267,7 +267,7 @@ def prepare(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SageError(f"--out {out}: exists and is not an empty directory (the series must not mix with old mails)")
 
-    t = engine.open_target(sglang_dir, overlay_root, patches_root)
+    t = patcher.open_target(sglang_dir, overlay_root, patches_root)
     layout = t.layout
     if layout.kind is not LayoutKind.GIT_CHECKOUT or not layout.is_git:
         what = {
@@ -278,14 +278,14 @@ def prepare(
             f"{layout.root}: not a git checkout but {what}; a pull request needs the SGLang git repository "
             "(DIR/python/sglang + DIR/.git)"
         )
-    with engine.locked(t, progress) as notes:
+    with patcher.locked(t, progress) as notes:
         result = _prepare_locked(t, out, verify_report, identity, overlay_root, patches_root, progress)
     result.warnings[:0] = notes
     return result
 
 
 def _prepare_locked(
-    t: engine.Target,
+    t: patcher.Target,
     out: Path,
     verify_report: VerifyReport | None,
     identity: Author | None,
@@ -308,13 +308,13 @@ def _prepare_locked(
     base_sha = base.stdout.strip()
     symbolic = _git(root, "symbolic-ref", "-q", "HEAD", step=step, check=False).stdout.strip()
     head_before = symbolic or base_sha
-    engine.require_clean(t, None, hint="commit or stash first")
-    engine.require_pristine(t)
+    patcher.require_clean(t, None, hint="commit or stash first")
+    patcher.require_pristine(t)
     branch = BRANCH_PREFIX + layout.version
     ref = f"refs/heads/{branch}"
     if _git(root, "show-ref", "--verify", "-q", ref, step=step, check=False).ok:
         raise SageError(f"{root}: branch {branch} already exists (delete it: git branch -D {branch})")
-    engine.api_check(t, progress)
+    patcher.api_check(t, progress)
 
     with tempfile.TemporaryDirectory(prefix="sglang-sage-pr-") as tmp_name:
         tmp = Path(tmp_name)
@@ -451,7 +451,7 @@ def _prepare_locked(
 
 
 def _plan(
-    t: engine.Target, root: Path, env: dict[str, str], identity: Author | None
+    t: patcher.Target, root: Path, env: dict[str, str], identity: Author | None
 ) -> tuple[list[_Step], list[str], dict[str, list[str]]]:
     """The commits to build, in order: overlay, then the series' SGLang patches and edit step; also which
     overlay files the set's overlay patches adapted (for the "what changed" table)."""
@@ -609,7 +609,7 @@ def _describe(root: Path, base: str, built: list[tuple[_Step, str]], adapted: di
 
 
 def _self_check(
-    t: engine.Target,
+    t: patcher.Target,
     root: Path,
     base: str,
     ref: str,
@@ -646,7 +646,7 @@ def _self_check(
         _git(clone, "am", "--abort", step="self-check", check=False)
     _git(clone, "reset", "-q", "--hard", base, step="self-check: reset to base")
     try:
-        applied = engine.apply(engine.open_target(clone, overlay_root, patches_root), skip_api_check=True)
+        applied = patcher.apply(patcher.open_target(clone, overlay_root, patches_root), skip_api_check=True)
         if applied.exit_code != OK:
             raise SageError(applied.message)
     except SageError as exc:

@@ -20,7 +20,7 @@ from sglang_sage import gpu_tests
 from sglang_sage.errors import SageError
 
 if TYPE_CHECKING:
-    from sglang_sage.engine import Target
+    from sglang_sage.patcher import Target
     from sglang_sage.pr import Commit, Verdict
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sglang_sage import gitrun
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 
 
 def test_clean_env_drops_redirecting_and_identity_variables(monkeypatch) -> None:

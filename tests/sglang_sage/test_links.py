@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
-from sglang_sage.engine import link_problems
+from sglang_sage.apply_cli import main
+from sglang_sage.patcher import link_problems
 
 OVERLAY_DIR = "sglang/srt/layers/attention/sage_attn"
 REGISTRY = "sglang/srt/layers/attention/attention_registry.py"

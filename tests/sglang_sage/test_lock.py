@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sglang_sage import engine, lock
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage import lock, patcher
+from sglang_sage.apply_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 KILLER = """
 import os, signal, sys
 from sglang_sage import transaction
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 write, count = transaction.Transaction.write_bytes, [0]
 def write_then_die(self, path, data, mode=None):
     write(self, path, data, mode)
@@ -54,7 +54,7 @@ def kill_mid_apply(target: Path, writes: int = 3) -> int:
 
 
 def test_concurrent_run_waits_then_refuses_naming_the_pid(installed: Path, digest, capsys, monkeypatch) -> None:
-    t = engine.open_target(installed)
+    t = patcher.open_target(installed)
     monkeypatch.setattr(lock, "WAIT_S", 0.3)
     with lock.TreeLock(t.lock_path()):
         before = digest(installed)
@@ -70,7 +70,7 @@ def test_concurrent_run_waits_then_refuses_naming_the_pid(installed: Path, diges
 
 
 def test_second_run_waits_for_the_first(installed: Path, capsys) -> None:
-    t = engine.open_target(installed)
+    t = patcher.open_target(installed)
     held = lock.TreeLock(t.lock_path())
     held.acquire()
     releaser = threading.Timer(0.5, held.release)
@@ -86,7 +86,7 @@ def test_second_run_waits_for_the_first(installed: Path, capsys) -> None:
 def test_kill_9_mid_apply_then_revert_is_byte_identical(checkout: Path, digest, capsys) -> None:
     before = digest(checkout)
     pid = kill_mid_apply(checkout)
-    t = engine.open_target(checkout)
+    t = patcher.open_target(checkout)
     assert t.lock_path().exists() and t.journal_dir().exists()
 
     code, rep = run(capsys, "status", "--sglang-dir", str(checkout))
@@ -115,7 +115,7 @@ def test_kill_9_mid_apply_then_apply_finishes_consistently(installed: Path, dige
 def test_stale_lock_without_journal_is_taken_over(installed: Path, capsys) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    t = engine.open_target(installed)
+    t = patcher.open_target(installed)
     t.lock_path().write_text(f"{dead.pid}\n")
     code, rep = run(capsys, "apply", "--sglang-dir", str(installed), "--no-tests", "--no-build")
     assert code == 0, rep

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sglang_sage import dep3, engine, fetch, pr, pr_text, upstream_style
+from sglang_sage import dep3, fetch, patcher, pr, pr_text, upstream_style
 from sglang_sage import errors as ec
 from sglang_sage import overlay as overlay_mod
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 from sglang_sage.errors import SageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,7 +237,7 @@ def _drifted(co: Path, tmp: Path) -> list[str]:
 
 
 def _applied(co: Path, tmp: Path) -> list[str]:
-    assert engine.apply(engine.open_target(co), skip_api_check=True).exit_code == ec.OK
+    assert patcher.apply(patcher.open_target(co), skip_api_check=True).exit_code == ec.OK
     git(co, "add", "-A")
     git(co, "commit", "-qm", "applied")
     return ["--sglang-dir", str(co)]
@@ -339,7 +339,7 @@ def test_pr_failing_step_is_named_and_nothing_is_written(co: Path, tmp_path: Pat
 
 def test_pr_self_check_mismatch_is_reported(co: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """If apply's tree differed from the series, the verdict says so and the exit code is non-zero."""
-    real_apply = pr.engine.apply
+    real_apply = pr.patcher.apply
 
     def apply_plus_one(t, **kw):  # type: ignore[no-untyped-def]
         report = real_apply(t, **kw)

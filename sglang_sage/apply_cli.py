@@ -1,4 +1,4 @@
-"""Command line of apply.py: argument parsing, rich/JSON rendering, build and GPU-test steps."""
+"""Command line of apply.py: argument parsing, target selection, rich/JSON rendering (steps: pipeline.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sglang_sage import engine, fetch, installed, maint, pipeline, pr
 from sglang_sage import errors as ec
+from sglang_sage import fetch, installed, maint, patcher, pipeline, pr
 from sglang_sage.errors import SageError
 from sglang_sage.layout import detect
 from sglang_sage.manifest import Manifest
@@ -243,15 +243,15 @@ def _printer(console: Console) -> fetch.Progress:
 # ----------------------------------------------------------------------------- rendering
 
 _COLORS = {
-    engine.PRISTINE: "cyan",
-    engine.APPLIED: "green",
-    engine.PARTIAL: "yellow",
-    engine.DRIFTED: "red",
-    engine.NA: "dim",
+    patcher.PRISTINE: "cyan",
+    patcher.APPLIED: "green",
+    patcher.PARTIAL: "yellow",
+    patcher.DRIFTED: "red",
+    patcher.NA: "dim",
 }
 
 
-def _render(report: engine.Report, console: Console) -> None:
+def _render(report: patcher.Report, console: Console) -> None:
     console.print(f"[bold]{report.command}[/] {report.target}  ({report.layout}, SGLang {report.version})")
     if report.items:
         table = Table(show_lines=False, expand=False)
@@ -274,7 +274,7 @@ def _render(report: engine.Report, console: Console) -> None:
         console.print(f"[{style}]{report.message}[/]")
 
 
-def _emit(report: engine.Report, args: argparse.Namespace, console: Console) -> int:
+def _emit(report: patcher.Report, args: argparse.Namespace, console: Console) -> int:
     if getattr(args, "json", False):
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -316,7 +316,7 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
                 fetch.ensure_checkout(args.update, m.upstream_tag, REPO / ".sglang" / args.update, _printer(console))
             )
         m = maint.update(directory, layout)
-        report = engine.Report(
+        report = patcher.Report(
             "manifest",
             str(directory),
             version=m.version,
@@ -326,18 +326,18 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         return _emit(report, args, console)
 
     target = _target_dir(args, console)
-    t = engine.open_target(target, patch_set=args.patch_set)
+    t = patcher.open_target(target, patch_set=args.patch_set)
     if status_ctx is not None:
         status_ctx.start()
     try:
         if args.command == "status":
-            report = engine.status(t)
+            report = patcher.status(t)
         elif args.command == "revert":
-            with engine.locked(t, progress) as notes:
-                report = engine.revert(t, progress=progress)
+            with patcher.locked(t, progress) as notes:
+                report = patcher.revert(t, progress=progress)
             report.warnings[:0] = notes
         elif args.command == "check":
-            report = engine.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
+            report = patcher.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
         elif args.command == "test":
             report = pipeline.test_applied(t, args.python, test_log=args.test_log, progress=progress)
         else:
@@ -364,7 +364,7 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
 
 
 def _emit_pr(result: pr.PrResult, args: argparse.Namespace, console: Console) -> int:
-    """`pr` has its own result type (commits, written files, self-check verdict), not an engine.Report."""
+    """`pr` has its own result type (commits, written files, self-check verdict), not an patcher.Report."""
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return result.exit_code
@@ -383,9 +383,11 @@ def _emit_pr(result: pr.PrResult, args: argparse.Namespace, console: Console) ->
         console.print(f"  [yellow]warning:[/] {escape(w)}")
     v = result.verdict
     mark = "[green]ok[/]" if v.ok else "[red]MISMATCH[/]"
+    style = "ok" if v.style_ok else ("NOT RUN" if v.style_error else "WOULD REFORMAT")
     console.print(
         f"self-check {mark}: git am {'applies' if v.git_am else 'FAILS'}; trees: branch {v.branch_tree[:12]}, "
-        f"git am {v.am_tree[:12] or '-'}, apply {v.apply_tree[:12] or '-'}"
+        f"git am {v.am_tree[:12] or '-'}, apply {v.apply_tree[:12] or '-'}; SGLang's formatters on "
+        f"{v.style_checked} Python file(s): {style}"
     )
     for d in v.details:
         console.print(f"  - {escape(d)}")

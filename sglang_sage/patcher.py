@@ -1,4 +1,6 @@
-"""apply / status / revert / check on one target tree. No printing here: results are data.
+"""The patch engine: apply / status / revert / check on one target tree. No printing here: results are data.
+
+(Named `patcher`, not `engine`: in this repository "engine" is `sglang.Engine`, which verify/ runs.)
 
 Order of apply (nothing is written before step 6):
  1 layout + version  2 status (already applied? half-applied? drifted?)  3 dirty git files

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 from sglang_sage.gitapply import GitApply
 from sglang_sage.hashing import sha256_file
 from sglang_sage.transaction import Transaction
@@ -290,7 +290,7 @@ def test_read_only_mode_bits_restored_on_rollback(tmp_path: Path) -> None:
 
 def test_default_target_is_fetched_checkout(tmp_path: Path, capsys, monkeypatch) -> None:
     """`python apply.py` with no --sglang-dir: wheel -> .sglang/0.5.17/ git checkout, applied; no GPU -> 3."""
-    import sglang_sage.cli as cli
+    import sglang_sage.apply_cli as cli
 
     monkeypatch.setattr(cli, "REPO", tmp_path)
     code, rep = run(capsys, "--no-build")
@@ -345,7 +345,7 @@ def test_installed_unsupported_version_is_refused(sdist_root: Path, tmp_path: Pa
 
 
 def test_fetch_forces_the_pinned_release(installed: Path, checkout: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    import sglang_sage.cli as cli
+    import sglang_sage.apply_cli as cli
 
     asked: list[tuple[str, str, Path]] = []
 
