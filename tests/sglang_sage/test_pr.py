@@ -346,7 +346,7 @@ def test_pr_self_check_mismatch_is_reported(co: Path, tmp_path: Path, monkeypatc
         (t.layout.root / "python/sglang/extra.py").write_text("x = 1\n")
         return report
 
-    monkeypatch.setattr(pr.engine, "apply", apply_plus_one)
+    monkeypatch.setattr(pr.patcher, "apply", apply_plus_one)
     code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(tmp_path / "out"))
     assert code == ec.INTERNAL and "self-check FAILED" in rep["message"], rep
     v = rep["verdict"]
