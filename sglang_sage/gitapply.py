@@ -1,43 +1,15 @@
-"""`git apply` through GitPython: the only tool that writes patched files (never fuzz)."""
+"""`git apply` on one layout: the only tool that writes patched files (never fuzz)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
+from sglang_sage import gitrun
 from sglang_sage.errors import SageError
+from sglang_sage.gitrun import GitResult, require_git
 from sglang_sage.layout import Layout
 
-# GitPython probes for git at import time; a missing git must be our clear refusal, not its traceback.
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-import git  # noqa: E402
-
-
-def require_git() -> str:
-    """Path of the git executable, or a refusal that says how to get one."""
-    found = shutil.which("git")
-    if found is None:
-        raise SageError(
-            "git not found on PATH: patches are applied with `git apply` "
-            "(install git, e.g. `apt-get install git`, or put it on PATH)"
-        )
-    return found
-
-
-@dataclass
-class GitResult:
-    """Exit status and output of one git invocation."""
-
-    status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """True on exit status 0."""
-        return self.status == 0
+__all__ = ["GitApply", "GitResult", "require_git"]
 
 
 class GitApply:
@@ -46,7 +18,7 @@ class GitApply:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.executable = require_git()
-        self.env = dict(os.environ)
+        self.env: dict[str, str] = {}
         self.prefix = ""
         if layout.is_git:
             self.prefix = self.run(["rev-parse", "--show-prefix"]).stdout.strip()
@@ -57,18 +29,7 @@ class GitApply:
 
     def run(self, args: list[str]) -> GitResult:
         """Run `git <args>` in the layout's apply directory without raising."""
-        runner = git.Git(str(self.layout.apply_dir))
-        try:
-            status, out, err = runner.execute(
-                [self.executable, *args],
-                with_extended_output=True,
-                with_exceptions=False,
-                env=self.env,
-                strip_newline_in_stdout=False,
-            )
-        except git.GitCommandNotFound as exc:  # git vanished between which() and here
-            raise SageError(f"cannot run git: {exc}") from exc
-        return GitResult(int(status), str(out), str(err))
+        return gitrun.run(self.layout.apply_dir, *args, env=self.env)
 
     def _apply_args(
         self, patches: list[Path], *, check: bool, reverse: bool, three_way: bool, include: list[str] | None

@@ -7,13 +7,12 @@ One patch set serves all layouts: patches are written against the git repository
 from __future__ import annotations
 
 import ast
-import re
-import subprocess
 from dataclasses import dataclass
 from email.parser import Parser
 from enum import Enum
 from pathlib import Path
 
+from sglang_sage import gitrun
 from sglang_sage.errors import SageError
 
 PKG_PREFIX = "python/"
@@ -74,9 +73,6 @@ class Layout:
         return f"{self.kind.value} at {self.root} (SGLang {self.version}, from {self.version_source})"
 
 
-_VERSION_ASSIGN = re.compile(r"^__version__\s*=")
-
-
 def _literal_version(py_file: Path) -> str | None:
     """Read `__version__ = ... = '<ver>'` from a version module without importing it."""
     try:
@@ -105,18 +101,9 @@ def _metadata_version(meta_file: Path) -> str | None:
 
 def _git_tag_version(repo: Path) -> str | None:
     """`v0.5.17` -> `0.5.17` when HEAD sits exactly on a release tag (upstream checkouts lack _version.py)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "describe", "--tags", "--exact-match", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = gitrun.run(repo, "describe", "--tags", "--exact-match", "HEAD", timeout=30)
     tag = out.stdout.strip()
-    if out.returncode != 0 or not tag:
+    if not out.ok or not tag:
         return None
     return tag[1:] if tag.startswith("v") else tag
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from sglang_sage import gitrun, overlay_patches
 from sglang_sage import overlay as overlay_mod
-from sglang_sage import overlay_patches
 from sglang_sage.errors import SageError
 from sglang_sage.hashing import sha256_file
 from sglang_sage.layout import Layout
@@ -29,17 +27,11 @@ def post_images(layout: Layout, patchset: Path) -> tuple[dict[str, str | None], 
             if src is not None and src.is_file():
                 (scratch / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, scratch / f)
-        env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(scratch.parent))
-        proc = subprocess.run(
-            ["git", "apply", "-p1", *[str(p.path) for p in series.patches]],
-            cwd=scratch,
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise SageError("patches do not apply to the given pristine tree", details=proc.stderr.splitlines())
+        # never let git find an enclosing repository: inside one, paths would be relative to it
+        env = {"GIT_CEILING_DIRECTORIES": str(scratch.parent)}
+        result = gitrun.run(scratch, "apply", "-p1", *[str(p.path) for p in series.patches], env=env)
+        if not result.ok:
+            raise SageError("patches do not apply to the given pristine tree", details=result.stderr.splitlines())
         post = {f: sha256_file(scratch / f) for f in series.patched_files}
     return pre, post
 

@@ -12,13 +12,12 @@ is written.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from sglang_sage import gitrun
 from sglang_sage import overlay as overlay_mod
 from sglang_sage.errors import SageError
 from sglang_sage.series import PatchStep, Series
@@ -73,21 +72,14 @@ def materialize(overlay_root: Path, steps: tuple[PatchStep, ...], dest: Path | N
             (repo / of.dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(of.source, repo / of.dest)
         # Never let git find an enclosing repository: inside one, paths would be relative to it.
-        env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(repo.parent))
+        env = {"GIT_CEILING_DIRECTORIES": str(repo.parent)}
         for step in steps:
-            proc = subprocess.run(
-                ["git", "apply", "-p1", "--whitespace=nowarn", str(step.path)],
-                cwd=repo,
-                capture_output=True,
-                text=True,
-                env=env,
-                check=False,
-            )
-            if proc.returncode != 0:
+            result = gitrun.run(repo, "apply", "-p1", "--whitespace=nowarn", str(step.path), env=env)
+            if not result.ok:
                 raise SageError(
                     f"{step.path}: overlay patch does not apply to {overlay_root} "
                     "(overlay/ changed since the patch was made: regenerate it)",
-                    details=proc.stderr.strip().splitlines(),
+                    details=result.stderr.strip().splitlines(),
                 )
         for of in files:
             target = dest / of.src

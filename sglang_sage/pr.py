@@ -13,7 +13,7 @@ Commits (author and dates taken from the patch mails, so the same base gives the
 1. the overlay (the backend's new files, with the set's overlay patches applied, byte for byte what
    `apply` installs), first so that every later commit of the series is importable on its own;
 2. one commit per SGLang-file patch of the series (`git apply`, message from its DEP-3 header);
-3. the pyproject edit step (the engine's structured tomlkit edit) when it changes anything; a tree
+3. the pyproject edit step (the structured tomlkit edit) when it changes anything; a tree
    without `python/pyproject.toml` gets no commit (n/a).
 
 The output is checked before it is reported: `git am` of the written mails on a fresh clone of the
@@ -22,203 +22,63 @@ base must give the branch's tree, and `apply` on another fresh checkout of the b
 
 from __future__ import annotations
 
-import ast
-import email.parser
 import email.utils
-import fnmatch
-import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_sage import apicheck, engine, gpu_tests, overlay_patches
+from sglang_sage import dep3, gitrun, overlay_patches, patcher, upstream_style
+from sglang_sage.dep3 import Author
 from sglang_sage.errors import APPLY_FAILED, INTERNAL, OK, REFUSED, SageError
 from sglang_sage.layout import LayoutKind
+from sglang_sage.pr_text import BACKEND_DOC, VerifyReport, docstring, load_report, render_pr
 from sglang_sage.pyproject_edit import PyprojectEdit, apply_edit
 from sglang_sage.series import PatchStep
 from sglang_sage.series import load as load_series
+
+__all__ = ["load_report", "parse_author", "prepare"]  # load_report: the CLI validates --report early
 
 BRANCH_PREFIX = "sage-attn/"
 ZERO_OID = "0" * 40
 FALLBACK_DATE = "2000-01-01T00:00:00+00:00"
 OVERLAY_SUBJECT = "Add the sage_attn attention backend (8-bit SageAttention)"
-BACKEND_DOC = "sglang/srt/layers/attention/sage_attn_backend.py"
-KERNELS_DOC = "sglang/srt/layers/attention/sage_attn/kernels.py"
-SKIPPED_REPORT_SECTIONS = {"Stages", "Plots", "Method"}
 _AUTHOR = re.compile(r"^\s*([^<>]*?)\s*<([^<>\s@]+@[^<>\s]+)>\s*$")
 
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    return None
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Author (and committer) of the generated commits."""
-
-    name: str
-    email: str
-
-    def __str__(self) -> str:
-        return f"{self.name} <{self.email}>"
-
-
-def parse_author(text: str) -> Identity:
+def parse_author(text: str) -> Author:
     """`Name <mail>` as git wants it; anything else is refused before any work starts."""
     match = _AUTHOR.match(text or "")
     if not match or not match.group(1):
         raise SageError(f"--author {text!r}: expected 'Name <user@host>'")
-    return Identity(match.group(1), match.group(2))
-
-
-@dataclass(frozen=True)
-class MailHeader:
-    """From / Date / Subject of a `git format-patch` mail (Subject unfolded, `[PATCH]` dropped)."""
-
-    author: Identity | None
-    date: str | None
-    subject: str
-
-
-def mail_header(path: Path) -> MailHeader:
-    """Read the mail header of a patch file (the mbox `From <sha>` line is skipped)."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if lines and lines[0].startswith("From ") and ":" not in lines[0].split()[0]:
-        lines = lines[1:]
-    head: list[str] = []
-    for line in lines:
-        if not line.strip():
-            break
-        head.append(line)
-    msg = email.parser.HeaderParser().parsestr("\n".join(head) + "\n\n")
-    author = None
-    if msg.get("From"):
-        name, addr = email.utils.parseaddr(str(msg["From"]))
-        if name and addr:
-            author = Identity(name, addr)
-    subject = re.sub(r"\s*\n\s*", " ", str(msg.get("Subject") or "")).strip()
-    subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", subject)
-    return MailHeader(author, str(msg["Date"]) if msg.get("Date") else None, subject)
-
-
-def dep3_description(text: str) -> str:
-    """The DEP-3 Description of a mail, paragraphs and indentation kept (`dep3.parse` flattens them)."""
-    head = re.split(r"^(?:---\s*$|diff --git )", text, maxsplit=1, flags=re.M)[0]
-    out: list[str] = []
-    inside = False
-    for line in head.splitlines():
-        if line.startswith("Description:"):
-            inside = True
-            out.append(line[len("Description:") :].strip())
-        elif inside and line.startswith(" "):
-            out.append(line[1:])
-        elif inside:
-            break
-    return _unfold(out)
-
-
-def _unfold(lines: list[str]) -> str:
-    """DEP-3 continuation lines: a lone `.` is an empty line."""
-    return "\n".join("" if ln.strip() == "." else ln.rstrip() for ln in lines).strip("\n")
-
-
-def _edit_description(edit: PyprojectEdit) -> str:
-    raw = edit.header.get("Description", "").splitlines()
-    return _unfold([raw[0].strip(), *[ln[1:] if ln.startswith(" ") else ln for ln in raw[1:]]]) if raw else ""
-
-
-@dataclass
-class VerifyReport:
-    """A verify.py report: its JSON, its markdown (report.md next to it, or rendered) and its plots."""
-
-    path: Path
-    data: dict[str, object]
-    markdown: str
-    plots: list[Path]
-    missing_plots: list[str]
-
-
-def load_report(path: Path) -> VerifyReport:
-    """Read and validate `--report` before anything is written (a PR must not cite a broken report)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SageError(f"--report {path}: no such file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SageError(f"--report {path}: cannot read it ({exc})") from exc
-    except ValueError as exc:
-        raise SageError(f"--report {path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("checks"), list) or "verdict" not in data:
-        raise SageError(f"--report {path}: not a verify.py report (needs 'verdict' and a 'checks' list)")
-    md_path = Path(path).with_name("report.md")
-    try:
-        markdown = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SageError(f"{md_path}: cannot read it ({exc})") from exc
-    if not markdown:
-        from sglang_sage.verify.report import render_md  # numpy-backed; only needed without report.md
-
-        markdown = render_md(data)
-    plots, missing = [], []
-    names = data.get("plots") if isinstance(data.get("plots"), dict) else {}
-    for name in names:  # type: ignore[union-attr]
-        candidate = Path(path).parent / str(name)
-        if candidate.is_file() and candidate.suffix == ".png" and "/" not in str(name):
-            plots.append(candidate)
-        else:
-            missing.append(str(name))
-    return VerifyReport(Path(path), data, markdown, plots, missing)
+    return Author(match.group(1), match.group(2))
 
 
 # ----------------------------------------------------------------------------- git
 
 
-_REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
-
-
-def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without variables that point git elsewhere (a hook's GIT_DIR must not
-    redirect us) or set identities (authorship comes from the patches or --author)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _REDIRECTING and not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_"))
-    }
-    env.update(extra or {})
-    return env
-
-
-def _git(repo: Path, *args: str, step: str, env: dict[str, str] | None = None, stdin: str | None = None,
-         check: bool = True, code: int = APPLY_FAILED) -> subprocess.CompletedProcess[str]:
-    """Run git in `repo`; a failure raises a SageError that names the step it belongs to."""
-    proc = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", *args],
-        cwd=repo,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env or _git_env(),
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise SageError(
-            f"{step}: `git {' '.join(args[:3])}` failed (exit {proc.returncode})",
-            code=code,
-            details=(proc.stderr or proc.stdout).strip().splitlines()[-12:],
-        )
-    return proc
+def _git(
+    repo: Path,
+    *args: str,
+    step: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    check: bool = True,
+    code: int = APPLY_FAILED,
+) -> gitrun.GitResult:
+    """git in `repo` through the one runner (clean environment + `env`); a failure names the step."""
+    args = ("-c", "commit.gpgsign=false", *args)
+    if check:
+        return gitrun.checked(repo, *args, step=step, env=env, stdin=stdin, code=code)
+    return gitrun.run(repo, *args, env=env, stdin=stdin)
 
 
 def _out(repo: Path, *args: str, step: str, **kw: object) -> str:
@@ -256,12 +116,25 @@ class Verdict:
     am_tree: str = ""
     branch_tree: str = ""
     apply_tree: str = ""
+    style_checked: int = 0  # Python files of the series run through SGLang's formatters
+    style_error: str = "not run"  # why the formatter check could not run ("" when it ran)
+    style_problems: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
+    def trees_ok(self) -> bool:
         """All three trees identical and `git am` clean."""
         return self.git_am and self.am_tree == self.branch_tree == self.apply_tree != ""
+
+    @property
+    def style_ok(self) -> bool:
+        """SGLang's isort + black would change none of the series' Python files (and the check ran)."""
+        return not self.style_error and not self.style_problems
+
+    @property
+    def ok(self) -> bool:
+        """Reproducible (trees) and upstream-lint clean (formatters)."""
+        return self.trees_ok and self.style_ok
 
     def to_json(self) -> dict[str, object]:
         """Stable keys for --json."""
@@ -273,6 +146,10 @@ class Verdict:
             "apply_tree": self.apply_tree,
             "am_tree_equals_branch": bool(self.am_tree) and self.am_tree == self.branch_tree,
             "apply_tree_equals_branch": bool(self.apply_tree) and self.apply_tree == self.branch_tree,
+            "style_ok": self.style_ok,
+            "style_checked": self.style_checked,
+            "style_error": self.style_error,
+            "style_problems": self.style_problems,
             "details": self.details,
         }
 
@@ -329,7 +206,7 @@ class _Step:
     subject: str
     body: str
     trailers: dict[str, str]
-    author: Identity
+    author: Author
     date: str
     change: Callable[[], str | None]  # mutates the index; returns a reason when there is nothing to commit
 
@@ -366,13 +243,6 @@ def _date_key(date: str) -> float:
         return 0.0
 
 
-def _docstring(path: Path) -> str:
-    try:
-        return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-    except (OSError, SyntaxError, UnicodeDecodeError):
-        return ""
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -384,7 +254,7 @@ def prepare(
     author: str | None = None,
     overlay_root: Path | None = None,
     patches_root: Path | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = patcher.quiet,
 ) -> PrResult:
     """Branch `sage-attn/<version>` + format-patch series + PR.md, checked with `git am` and `apply`.
 
@@ -397,7 +267,7 @@ def prepare(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SageError(f"--out {out}: exists and is not an empty directory (the series must not mix with old mails)")
 
-    t = engine.open_target(sglang_dir, overlay_root, patches_root)
+    t = patcher.open_target(sglang_dir, overlay_root, patches_root)
     layout = t.layout
     if layout.kind is not LayoutKind.GIT_CHECKOUT or not layout.is_git:
         what = {
@@ -408,6 +278,23 @@ def prepare(
             f"{layout.root}: not a git checkout but {what}; a pull request needs the SGLang git repository "
             "(DIR/python/sglang + DIR/.git)"
         )
+    with patcher.locked(t, progress) as notes:
+        result = _prepare_locked(t, out, verify_report, identity, overlay_root, patches_root, progress)
+    result.warnings[:0] = notes
+    return result
+
+
+def _prepare_locked(
+    t: patcher.Target,
+    out: Path,
+    verify_report: VerifyReport | None,
+    identity: Author | None,
+    overlay_root: Path | None,
+    patches_root: Path | None,
+    progress: Progress,
+) -> PrResult:
+    """`prepare` after the refusals that need no git, under the tree's lock."""
+    layout = t.layout
     root = layout.root
     if out.resolve() == root or root in out.resolve().parents:
         raise SageError(f"--out {out}: is inside the checkout {root}; the mails would dirty the tree they describe")
@@ -415,32 +302,19 @@ def prepare(
         raise SageError(f"{root}: is a subdirectory ({t.git.prefix}) of a git repository; name the repository root")
     step = "checking the checkout"
     progress(step)
-    base = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", step=step, check=False, code=REFUSED)
-    if base.returncode != 0:
+    base = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", step=step, check=False)
+    if not base.ok:
         raise SageError(f"{root}: HEAD has no commit yet")
     base_sha = base.stdout.strip()
     symbolic = _git(root, "symbolic-ref", "-q", "HEAD", step=step, check=False).stdout.strip()
     head_before = symbolic or base_sha
-    dirty = t.git.dirty([])
-    if dirty:
-        raise SageError(f"{root}: the checkout is not clean (commit or stash first)", details=dirty[:20])
-    items = engine.status_items(t)
-    bad = [i for i in items if i.kind != "edit" and i.state not in (engine.PRISTINE, engine.NA)]
-    if bad:
-        raise SageError(
-            f"{root}: not a pristine SGLang {t.manifest.version} checkout (pins of {t.manifest.path})",
-            details=[f"{i.path}: {i.state}{' (' + i.detail + ')' if i.detail else ''}" for i in bad],
-        )
+    patcher.require_clean(t, None, hint="commit or stash first")
+    patcher.require_pristine(t)
     branch = BRANCH_PREFIX + layout.version
     ref = f"refs/heads/{branch}"
-    if _git(root, "show-ref", "--verify", "-q", ref, step=step, check=False).returncode == 0:
+    if _git(root, "show-ref", "--verify", "-q", ref, step=step, check=False).ok:
         raise SageError(f"{root}: branch {branch} already exists (delete it: git branch -D {branch})")
-    progress("static API check of the overlay")
-    misses = apicheck.check(t.overlay_root, layout)
-    if misses:
-        raise SageError(
-            f"the overlay uses SGLang internals that SGLang {layout.version} lacks", details=[str(m) for m in misses]
-        )
+    patcher.api_check(t, progress)
 
     with tempfile.TemporaryDirectory(prefix="sglang-sage-pr-") as tmp_name:
         tmp = Path(tmp_name)
@@ -448,13 +322,11 @@ def prepare(
         objects_dir = objects_dir if objects_dir.is_absolute() else (root / objects_dir).resolve()
         scratch = tmp / "objects"
         scratch.mkdir()
-        env = _git_env(
-            {
-                "GIT_INDEX_FILE": str(tmp / "index"),
-                "GIT_OBJECT_DIRECTORY": str(scratch),
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects_dir),
-            }
-        )
+        env = {  # the scratch index and object store (passed on purpose: the runner drops inherited ones)
+            "GIT_INDEX_FILE": str(tmp / "index"),
+            "GIT_OBJECT_DIRECTORY": str(scratch),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects_dir),
+        }
         steps, skipped, adapted = _plan(t, root, env, identity)
         progress("building the commit series")
         _git(root, "read-tree", base_sha, step="reading the base tree", env=env)
@@ -472,8 +344,17 @@ def prepare(
                 commit_env[f"GIT_{who}_EMAIL"] = s.author.email
                 commit_env[f"GIT_{who}_DATE"] = s.date
             parent = _out(
-                root, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-F", "-",
-                step=f"{s.name}: commit", env=commit_env, stdin=s.message(),
+                root,
+                "commit-tree",
+                "--no-gpg-sign",
+                tree,
+                "-p",
+                parent,
+                "-F",
+                "-",
+                step=f"{s.name}: commit",
+                env=commit_env,
+                stdin=s.message(),
             )
             built.append((s, parent))
         if not built:
@@ -492,9 +373,22 @@ def prepare(
             # explicit flags: a user's format.* / diff.* config (cover letter, sign-off, suffix, no prefix,
             # attachments, notes) must not change what `git am DIR/*.patch` sees
             names = _out(
-                root, "format-patch", "--no-signature", "--no-cover-letter", "--suffix=.patch", "--no-signoff",
-                "--no-attach", "--no-notes", "--no-from", "--no-thread", "--src-prefix=a/", "--dst-prefix=b/",
-                "-o", str(out.resolve()), f"{base_sha}..{ref}", step="git format-patch",
+                root,
+                "format-patch",
+                "--no-signature",
+                "--no-cover-letter",
+                "--suffix=.patch",
+                "--no-signoff",
+                "--no-attach",
+                "--no-notes",
+                "--no-from",
+                "--no-thread",
+                "--src-prefix=a/",
+                "--dst-prefix=b/",
+                "-o",
+                str(out.resolve()),
+                f"{base_sha}..{ref}",
+                step="git format-patch",
             ).splitlines()
             written += [Path(n) for n in names]
             progress("checking the series (git am and apply on fresh clones)")
@@ -504,12 +398,11 @@ def prepare(
                 for png in verify_report.plots:
                     shutil.copyfile(png, out / png.name)
                     written.append(out / png.name)
-                warnings += [f"report plot {n}: not found next to {verify_report.path}" for n in
-                             verify_report.missing_plots]
+                warnings += [
+                    f"report plot {n}: not found next to {verify_report.path}" for n in verify_report.missing_plots
+                ]
             pr_md = out / "PR.md"
-            pr_md.write_text(
-                render_pr(t, base_sha, branch, commits, verdict, verify_report, skipped), encoding="utf-8"
-            )
+            pr_md.write_text(render_pr(t, base_sha, branch, commits, verdict, verify_report, skipped), encoding="utf-8")
             written.append(pr_md)
         except BaseException:
             _rollback(root, ref, published, written, out if created_out else None)
@@ -534,11 +427,19 @@ def prepare(
     if head_after != head_before or t.git.dirty([]):
         result.exit_code = INTERNAL
         result.message = f"BUG: HEAD or the working tree of {root} changed ({head_before} -> {head_after})"
-    elif not verdict.ok:
+    elif not verdict.trees_ok:
         result.exit_code = INTERNAL
         result.message = (
             f"self-check FAILED: the series in {out} does not reproduce branch {branch} and apply's tree; "
             f"kept for inspection (remove with: git -C {root} branch -D {branch})"
+        )
+    elif not verdict.style_ok:
+        result.exit_code = INTERNAL
+        result.message = (
+            f"self-check FAILED: the series in {out} would not pass SGLang's formatters "
+            f"({verdict.style_error or '; '.join(verdict.style_problems)}); format the overlay with "
+            f"`python -m sglang_sage.upstream_style --fix overlay/` (kept for inspection; remove with: "
+            f"git -C {root} branch -D {branch})"
         )
     else:
         result.message = (
@@ -550,13 +451,13 @@ def prepare(
 
 
 def _plan(
-    t: engine.Target, root: Path, env: dict[str, str], identity: Identity | None
+    t: patcher.Target, root: Path, env: dict[str, str], identity: Author | None
 ) -> tuple[list[_Step], list[str], dict[str, list[str]]]:
     """The commits to build, in order: overlay, then the series' SGLang patches and edit step; also which
     overlay files the set's overlay patches adapted (for the "what changed" table)."""
     full = load_series(t.series.directory)
     _, overlay_steps = overlay_patches.split(full, t.overlay_files)
-    mails = {p.name: mail_header(p.path) for p in full.patches}
+    mails = {p.name: p.header for p in full.patches}  # dep3.parse read the mail header with the DEP-3 fields
     dates = [m.date for m in mails.values() if m.date]
     date = max(dates, key=_date_key) if dates else FALLBACK_DATE
     default_author = next((m.author for m in mails.values() if m.author), None)
@@ -571,19 +472,24 @@ def _plan(
         if not t.overlay_files:
             return "no overlay files"
         # --no-filters: the blobs are the overlay's bytes, as `apply` writes them (mode 644 like apply's chmod)
-        shas = _out(root, "hash-object", "-w", "--no-filters", "--stdin-paths", step="overlay: hash-object",
-                    env=env, stdin="\n".join(str(of.source) for of in t.overlay_files) + "\n").split()
+        shas = _out(
+            root,
+            "hash-object",
+            "-w",
+            "--no-filters",
+            "--stdin-paths",
+            step="overlay: hash-object",
+            env=env,
+            stdin="\n".join(str(of.source) for of in t.overlay_files) + "\n",
+        ).split()
         info = "".join(f"100644 {sha}\t{of.dest}\n" for sha, of in zip(shas, t.overlay_files))
         _git(root, "update-index", "--add", "--index-info", step="overlay: update-index", env=env, stdin=info)
         return None
 
-    doc = _docstring(t.overlay_root / BACKEND_DOC) or "New files of the sage_attn attention backend."
+    doc = docstring(t.overlay_root / BACKEND_DOC) or "New files of the sage_attn attention backend."
     body = doc + "\n\nNew files:\n" + "\n".join(f"- {of.dest}" for of in t.overlay_files)
     for ov in overlay_steps:
-        body += (
-            f"\n\nAdapted to SGLang {version} by {ov.name} ({mails[ov.name].subject}):\n"
-            + dep3_description(ov.path.read_text(encoding="utf-8"))
-        )
+        body += f"\n\nAdapted to SGLang {version} by {ov.name} ({ov.header.subject}):\n{ov.header.description}"
     steps = [
         _Step(
             "overlay",
@@ -599,18 +505,26 @@ def _plan(
         )
     ]
     by_name: dict[str, PatchStep | PyprojectEdit] = {p.name: p for p in t.series.patches}
-    by_name.update({e.name: e for e in t.series.edits})
+    if t.edit is not None:
+        by_name[t.edit.name] = t.edit
     for name in t.series.order:
         item = by_name.get(name)
         if isinstance(item, PatchStep):
             mail = mails[name]
-            subject, body = _subject_and_body(mail.subject, dep3_description(item.path.read_text(encoding="utf-8")))
+            subject, body = _subject_and_body(mail.subject, mail.description)
             steps.append(
-                _Step(name, subject, body, _trailers(item.header.fields), identity or mail.author or fallback,
-                      mail.date or date, _patch_change(root, env, item))
+                _Step(
+                    name,
+                    subject,
+                    body,
+                    _trailers(item.header.fields),
+                    identity or mail.author or fallback,
+                    mail.date or date,
+                    _patch_change(root, env, item),
+                )
             )
         elif isinstance(item, PyprojectEdit):
-            subject, body = _subject_and_body("", _edit_description(item))
+            subject, body = _subject_and_body("", dep3.from_fields(item.header).description)
             steps.append(
                 _Step(name, subject, body, _trailers(item.header), fallback, date, _edit_change(root, env, item))
             )
@@ -677,9 +591,7 @@ def _rollback(root: Path, ref: str, published: list[Path], written: list[Path], 
         created_out.rmdir()
 
 
-def _describe(
-    root: Path, base: str, built: list[tuple[_Step, str]], adapted: dict[str, list[str]]
-) -> list[Commit]:
+def _describe(root: Path, base: str, built: list[tuple[_Step, str]], adapted: dict[str, list[str]]) -> list[Commit]:
     commits: list[Commit] = []
     parent = base
     for s, sha in built:
@@ -697,7 +609,7 @@ def _describe(
 
 
 def _self_check(
-    t: engine.Target,
+    t: patcher.Target,
     root: Path,
     base: str,
     ref: str,
@@ -706,15 +618,25 @@ def _self_check(
     overlay_root: Path | None,
     patches_root: Path | None,
 ) -> Verdict:
-    """`git am` the mails on a fresh clone at the base, then `apply` on the same clone reset to the base."""
+    """On a fresh clone: SGLang's formatters over the branch's Python files, `git am` of the mails on the
+    base, then `apply` on the same clone reset to the base."""
     verdict = Verdict(branch_tree=_out(root, "rev-parse", f"{ref}^{{tree}}", step="self-check"))
     clone = tmp / "check"
     step = "self-check: clone"
     _git(tmp, "clone", "-q", "--no-checkout", str(root), str(clone), step=step)
     ident = ["-c", "user.name=sglang-sage", "-c", "user.email=sglang-sage@localhost", "-c", "core.hooksPath=/dev/null"]
+    head = _out(root, "rev-parse", ref, step=step)
+    _git(clone, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", head, step="self-check: style")
+    changed = _out(clone, "diff", "--name-only", "--no-renames", base, head, step="self-check: style").splitlines()
+    style = upstream_style.check([clone / f for f in changed if f.endswith(".py")])
+    verdict.style_checked, verdict.style_error = style.checked, style.error
+    verdict.style_problems = [p.removeprefix(f"{clone}/") for p in style.problems]
+    verdict.details += [f"formatters: {p}" for p in verdict.style_problems]
+    if style.error:
+        verdict.details.append(f"formatters not run: {style.error}")
     _git(clone, *ident, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", base, step=step)
     am = _git(clone, *ident, "am", "-q", "--no-3way", *[str(m) for m in mails], step="self-check: git am", check=False)
-    verdict.git_am = am.returncode == 0
+    verdict.git_am = am.ok
     if verdict.git_am:
         verdict.am_tree = _out(clone, "rev-parse", "HEAD^{tree}", step="self-check")
         if verdict.am_tree != verdict.branch_tree:
@@ -724,7 +646,7 @@ def _self_check(
         _git(clone, "am", "--abort", step="self-check", check=False)
     _git(clone, "reset", "-q", "--hard", base, step="self-check: reset to base")
     try:
-        applied = engine.apply(engine.open_target(clone, overlay_root, patches_root), skip_api_check=True)
+        applied = patcher.apply(patcher.open_target(clone, overlay_root, patches_root), skip_api_check=True)
         if applied.exit_code != OK:
             raise SageError(applied.message)
     except SageError as exc:
@@ -740,157 +662,3 @@ def _self_check(
 def _tree_diff(repo: Path, a: str, b: str, label: str) -> list[str]:
     diff = _out(repo, "diff", "--stat=200", a, b, step="self-check: diff", check=False)
     return [f"branch vs {label}: {line.strip()}" for line in diff.splitlines()] or [f"branch vs {label}: trees differ"]
-
-
-# ----------------------------------------------------------------------------- PR.md
-
-MOTIVATION = """\
-SGLang has no 8-bit attention for prefill. SageAttention quantizes Q·Kᵀ to INT8 (smoothing K so that
-8 bits are enough) and keeps P·V in fp16, trading a small, measured accuracy loss for cheaper
-attention on long prompts. A community `sage_attn` backend existed, but it was not safe to merge:
-
-* **wrong causal mask with a cached prefix**: with a radix-cache hit, query *i* of a request with prefix
-  *p* must see keys `0..p+i` (bottom-right aligned); it aligned the mask top-left, so every extend after a
-  prefix hit attended to the wrong keys (this only shows on a GPU, deep inside a forward pass);
-* **`layer.tp_kv_head_num`**: `RadixAttention` has `tp_k_head_num` / `tp_v_head_num` only, so the
-  backend failed with an AttributeError in its first forward pass;
-* **silent fallbacks**: unsupported settings quietly ran another kernel, so a run labelled `sage_attn`
-  could be measuring something else.
-
-This PR is a rewrite that fixes all three: end-aligned mask, the real head-count attributes (checked
-statically against this release's source), and explicit refusal at start-up instead of any fallback.
-"""
-
-DESIGN = """\
-* **Kernels** (`sage_attn/kernels.py`, Triton): Q·Kᵀ split by rotary frequency — the fast-rotating half
-  of each head in INT8 on the tensor cores (one scale per query row and per key row, K smoothed by the mean
-  of its sequence's first 64 keys: exact under softmax), the slow-rotating half in fp16; online softmax in
-  fp32; P·V in fp16 with fp32 accumulation. A row's output does not depend on how the batch was cut, so
-  radix hits and chunked prefill give bitwise the one-shot result. K/V are read in
-  place from the paged KV pool through `req_to_token`; only SGLang's `set_kv_buffer` writes the pool.
-* **Causal mask aligned to the end** of each sequence: query row *r* of a request with prefix *p* sees
-  keys `0..p+r` (prefill, extend after a radix hit, chunked prefill and mixed batches).
-* **Plan once per batch** (`sage_attn/plan.py`): key/query block tables are computed on the host from the
-  lengths SGLang already has there and shared by every layer (no per-layer host work, no device sync).
-* **Decode is delegated** to flashinfer (default) or triton (`SGLANG_SAGE_DECODE_BACKEND=triton`),
-  including their CUDA-graph capture and replay: decode is memory-bound, 8-bit Q·Kᵀ buys nothing there.
-* **Hybrid mode** works: `--prefill-attention-backend sage_attn --decode-attention-backend flashinfer` goes
-  through SGLang's `HybridAttnBackend`; then no decode backend is built inside `sage_attn`.
-* **No silent fallback**: unsupported models/settings (MLA, encoder-decoder, sliding window, logit
-  soft-capping, head dims other than 64/128, FP8 KV cache, page size > 1, speculative decoding) are
-  refused at start with the setting named (`sage_attn/support.py`); per-path counters
-  (`sage_attn/stats.py`) prove which kernels ran.
-* The default attention backend is unchanged; `sage_attn` is opt-in (`--attention-backend sage_attn`).
-"""
-
-
-def _report_sections(markdown: str) -> tuple[list[str], dict[str, str]]:
-    """report.md -> its summary lines (verdict, model, ...) and its table sections by heading."""
-    intro: list[str] = []
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in markdown.splitlines():
-        if line.startswith("## "):
-            current = sections.setdefault(line[3:].strip(), [])
-        elif line.startswith("# "):
-            continue
-        elif current is None:
-            intro.append(line)
-        else:
-            current.append(line)
-    tables = {
-        name: "\n".join(lines).strip()
-        for name, lines in sections.items()
-        if name not in SKIPPED_REPORT_SECTIONS and any(ln.startswith("|---") or ln.startswith("| ---") for ln in lines)
-    }
-    while intro and not intro[0].strip():
-        intro.pop(0)
-    return "\n".join(intro).strip().splitlines(), tables
-
-
-def render_pr(
-    t: engine.Target,
-    base: str,
-    branch: str,
-    commits: list[Commit],
-    verdict: Verdict,
-    report: VerifyReport | None,
-    skipped: list[str],
-) -> str:
-    """The pull-request body: motivation, design, per-file changes, test plan, verification evidence."""
-    version = t.layout.version
-    tag = t.manifest.upstream_tag
-    out = [
-        f"# [Feature] `sage_attn`: 8-bit SageAttention backend for prefill/extend (SGLang {version})",
-        "",
-        f"Adds the opt-in attention backend `sage_attn` (`--attention-backend sage_attn`). Branch `{branch}` on "
-        f"`{tag}` (`{base[:12]}`), {len(commits)} commit(s); generated by `python apply.py pr` from the "
-        f"sglang-sage patch set `patches/{t.manifest.version}/`.",
-        "",
-        "## Motivation",
-        "",
-        MOTIVATION,
-        "## Design",
-        "",
-        DESIGN,
-    ]
-    docs = [(rel, _docstring(t.overlay_root / rel)) for rel in (BACKEND_DOC, KERNELS_DOC)]
-    docs = [(rel, d) for rel, d in docs if d]
-    if docs:
-        out += ["<details><summary>module docstrings</summary>", ""]
-        for rel, d in docs:
-            out += [f"`python/{rel}`:", "", "```text", d, "```", ""]
-        out += ["</details>", ""]
-    out += ["## What changed", "", "| file | from | + | − |", "| --- | --- | ---: | ---: |"]
-    for c in commits:
-        for f in c.files:
-            out.append(f"| `{f.path}` | {'overlay' if c.step == 'overlay' else 'patch'} `{f.source}` | {f.added} | "
-                       f"{f.removed} |")
-    out += ["", "| # | commit | subject |", "| --- | --- | --- |"]
-    out += [f"| {i} | `{c.sha[:12]}` | {c.subject} |" for i, c in enumerate(commits, 1)]
-    if skipped:
-        out += ["", "Steps without a commit on this tree: " + "; ".join(f"`{s}`" for s in skipped) + "."]
-    tests = [of for of in t.overlay_files if fnmatch.fnmatch(of.dest, gpu_tests.TEST_GLOB)]
-    out += ["", "## Test plan", "", "Registered tests (need a CUDA GPU):", ""]
-    out += [f"- `{of.dest}`: {(_docstring(of.source).splitlines() or ['(no docstring)'])[0]}" for of in tests]
-    out += [
-        "",
-        "```bash",
-        *[f"python -m pytest -q {of.dest}" for of in tests],
-        "```",
-        "",
-        "From the sglang-sage repository this series comes from:",
-        "",
-        "```bash",
-        "python apply.py --sglang-dir SGLANG_CHECKOUT   # pins, API check, apply, registered GPU tests",
-        f"python verify.py --out reports/{version}/GPU       # the checks below: report.json/.md + plots",
-        "python benchmarks/bench_kernels.py --out-root OUT  # kernels: sage_attn vs cuDNN/flash SDPA, SageAttention",
-        "python benchmarks/bench_e2e.py --out-root OUT      # Engine prefill latency / decode tok/s per backend",
-        'python -m pytest -q -m "not gpu" tests             # CPU suite (patch set, kernels under TRITON_INTERPRET)',
-        "```",
-        "",
-    ]
-    if report is not None:
-        intro, tables = _report_sections(report.markdown)
-        out += ["## Verification", "", f"From `{report.path}`:", ""]
-        out += intro + [""]
-        checks = tables.pop("Checks", "")
-        if checks:
-            out += ["### Checks", "", checks, ""]
-        if tables:
-            out += ["<details><summary>criteria, per-bucket accuracy, throughput, memory, environment</summary>", ""]
-            for name, table in tables.items():
-                out += [f"### {name}", "", table, ""]
-            out += ["</details>", ""]
-        for png in report.plots:
-            out += [f"![{png.stem}]({png.name})", ""]
-    out += [
-        "## Reproducing this series",
-        "",
-        f"`git am` of the {len(commits)} patch(es) on `{base[:12]}` gives tree `{verdict.am_tree[:12] or '-'}`; "
-        f"branch `{branch}` has tree `{verdict.branch_tree[:12]}`; `apply.py apply` on the same base gives tree "
-        f"`{verdict.apply_tree[:12] or '-'}`: **{'identical' if verdict.ok else 'MISMATCH'}**.",
-        "",
-    ]
-    out += [f"- {d}" for d in verdict.details]
-    return "\n".join(out).rstrip() + "\n"

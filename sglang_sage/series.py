@@ -33,8 +33,13 @@ class Series:
 
     directory: Path
     patches: tuple[PatchStep, ...]
-    edits: tuple[PyprojectEdit, ...]
+    edits: tuple[PyprojectEdit, ...]  # at most one (load refuses a second)
     order: tuple[str, ...]
+
+    @property
+    def edit(self) -> PyprojectEdit | None:
+        """The pyproject edit step, if the series has one."""
+        return self.edits[0] if self.edits else None
 
     @property
     def patched_files(self) -> list[str]:
@@ -76,17 +81,29 @@ def load(directory: Path) -> Series:
     patches: list[PatchStep] = []
     edits: list[PyprojectEdit] = []
     order: list[str] = []
-    for raw in series_file.read_text(encoding="utf-8").splitlines():
+    for lineno, raw in enumerate(series_file.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        name = line.split()[0]  # quilt allows options like -p1 after the name; we use -p1 always
+        name, *options = line.split()
+        # quilt allows options after the name; patches here are git-root relative and applied -p1 (mapped
+        # per layout), so -p1 is honoured as what happens anyway and anything else is refused, not dropped
+        if any(opt != "-p1" for opt in options):
+            raise SageError(
+                f"{series_file}:{lineno}: `{line}`: only `-p1` may follow a step name (patch paths are relative "
+                "to the SGLang git root; other quilt options are not supported)"
+            )
         step_path = directory / name
         if not step_path.is_file():
             raise SageError(f"{series_file}: names {name}, which does not exist")
         if name.endswith(".patch"):
             patches.append(load_patch(step_path))
         elif name.endswith(".edit.toml"):
+            if edits:
+                raise SageError(
+                    f"{series_file}:{lineno}: {name} is a second *.edit.toml step; a set has at most one "
+                    f"(revert restores pyproject.toml from one backup), merge it into {edits[0].name}"
+                )
             edits.append(PyprojectEdit.load(step_path))
         else:
             raise SageError(f"{series_file}: {name} is neither *.patch nor *.edit.toml")

@@ -36,6 +36,17 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def announce_downloads(pytestconfig: pytest.Config):
+    """Say on the terminal when the suite downloads a release (pytest captures stderr, where
+    `fetch` reports by default): the first run fetches ~70 MB and should not look hung."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    with pytest.MonkeyPatch.context() as mp:
+        if reporter is not None:
+            mp.setattr(fetch, "announce", lambda message: reporter.write_line(f"[sglang-sage] {message}"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def digest():
     """The tree hashing function (a fixture, so test modules need not import conftest)."""

@@ -230,9 +230,9 @@ class Worker:
         if not self.stats_dir:
             return None
         try:
-            from sglang_sage.stats import read_stats_detail
+            from sglang_sage.counters import read_counters_detail
 
-            detail = read_stats_detail(self.stats_dir)
+            detail = read_counters_detail(self.stats_dir)
         except Exception as e:  # noqa: BLE001
             self.res.data["stats"][name] = {"error": str(e)}
             return None
@@ -342,7 +342,7 @@ class Worker:
         one("partial_prefix", d["partial_ids"])  # shares only its first tokens with the cached prompt
         self.snap("after_partial_prefix")
         if before is not None and after is not None:
-            from sglang_sage.stats import counter_delta
+            from sglang_sage.counters import counter_delta
 
             self.res.data["radix_hit_counter_delta"] = counter_delta(before, after)
         self.res.data["phases"]["determinism"] = runs

@@ -129,9 +129,9 @@ def run_server_check(engine_kwargs: dict[str, Any], env: dict[str, str], log_pat
             out["attention_backend"] = info.get("attention_backend")
             out["max_total_num_tokens"] = info.get("max_total_num_tokens")
         if stats_dir:
-            from sglang_sage.stats import read_stats_detail
+            from sglang_sage.counters import read_counters_detail
 
-            out["stats"] = read_stats_detail(stats_dir)
+            out["stats"] = read_counters_detail(stats_dir)
     except Exception as e:  # noqa: BLE001 - a failed server is a failed criterion, not a crash
         out["error"] = f"{type(e).__name__}: {e}"
     finally:

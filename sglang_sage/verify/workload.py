@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import corpus, passkey
+from . import passkey
 from .metrics import plan_windows
 
 BUCKETS = ("short", "medium", "long")
@@ -136,8 +136,3 @@ def build(tokens: list[int], sizes: Sizes, encode=None) -> dict:
         w["passkey_new_tokens"] = sizes.passkey_new_tokens
         w["probe_prompt"] = "The capital of France is"
     return w
-
-
-def corpus_tokens(encode) -> list[int]:
-    """The committed corpus as one token stream."""
-    return corpus.tokenize(encode, corpus.load_text())

@@ -84,7 +84,7 @@ def test_stats_publish_first_use_at_once_and_then_throttled(sage_attn, tmp_path,
 def test_counter_names_match_the_reader(sage_attn):
     """The overlay cannot import this project (it is installed into SGLang) and the reader runs
     without SGLang, so the counter names live twice: keep them equal."""
-    from sglang_sage import stats as reader
+    from sglang_sage import counters as reader
 
     assert sage_attn["stats"].COUNTER_NAMES == reader.COUNTER_NAMES
     assert sage_attn["stats"].STATS_DIR_ENV == reader.STATS_DIR_ENV

@@ -10,7 +10,7 @@ import pytest
 
 from sglang_sage import apicheck
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 from sglang_sage.layout import detect
 from sglang_sage.overlay import OVERLAY_DIR
 

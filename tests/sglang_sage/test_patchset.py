@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 from packaging.specifiers import SpecifierSet
 
 from sglang_sage import overlay
+from sglang_sage.errors import SageError
 from sglang_sage.hashing import sha256_file
 from sglang_sage.layout import detect
 from sglang_sage.manifest import Manifest
@@ -45,3 +48,27 @@ def test_manifest_overlay_hashes_current() -> None:
     m = Manifest.load(SET / "manifest.toml")
     assert overlay.stale(overlay.discover(), m.overlay) == []
     assert overlay.unmapped() == []
+
+
+def _copy_set(tmp_path: Path, series: str) -> Path:
+    dest = tmp_path / "set"
+    shutil.copytree(SET, dest)
+    (dest / "series").write_text(series)
+    return dest
+
+
+def test_series_honours_p1_and_refuses_other_quilt_options(tmp_path: Path) -> None:
+    patch, edit = load(SET).order
+    assert load(_copy_set(tmp_path / "a", f"{patch} -p1\n{edit}\n")).order == (patch, edit)
+    for opts in ("-p0", "-p2", "-R", "-p1 --fuzz=3"):
+        with pytest.raises(SageError, match=r"series:1: .*only `-p1` may follow a step name") as exc:
+            load(_copy_set(tmp_path / opts.replace(" ", ""), f"{patch} {opts}\n{edit}\n"))
+        assert opts in exc.value.message
+
+
+def test_series_refuses_a_second_edit_step(tmp_path: Path) -> None:
+    patch, edit = load(SET).order
+    directory = _copy_set(tmp_path, f"{patch}\n{edit}\n0003-more.edit.toml\n")
+    shutil.copyfile(directory / edit, directory / "0003-more.edit.toml")
+    with pytest.raises(SageError, match=r"series:3: 0003-more.edit.toml is a second \*.edit.toml step"):
+        load(directory)

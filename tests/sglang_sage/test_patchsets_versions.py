@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_sage import apicheck, cli, engine, fetch, overlay, overlay_patches
+from sglang_sage import apicheck, apply_cli, fetch, overlay, overlay_patches, patcher
 from sglang_sage.errors import REFUSED, SageError
 from sglang_sage.hashing import sha256_file
 from sglang_sage.layout import LayoutKind, detect
@@ -83,7 +83,7 @@ def tree(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str, Lay
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
-    code = cli.main([*argv, "--json"])
+    code = apply_cli.main([*argv, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out)
 
@@ -238,7 +238,7 @@ def test_tiers_and_default_version() -> None:
     tiers = {v: Manifest.load(patchset_dir(v) / "manifest.toml").tier for v in available_versions()}
     assert tiers == {"0.5.8": "source", "0.5.17": "gpu", "0.5.23": "source"}
     assert available_versions() == ["0.5.8", "0.5.17", "0.5.23"]  # version order, not string order
-    assert cli._default_version() == "0.5.17"  # the GPU-verified set, not merely the newest
+    assert apply_cli._default_version() == "0.5.17"  # the GPU-verified set, not merely the newest
 
 
 # ----------------------------------------------------------------------------- version selection
@@ -299,7 +299,7 @@ def test_patch_set_pins_still_enforced(
 def test_without_patch_set_a_mismatched_manifest_is_refused(installed_0523: Path) -> None:
     with pytest.raises(SageError, match="not supported"):
         patchset_dir("0.5.24")
-    t = engine.open_target(installed_0523, patch_set="0.5.23")
+    t = patcher.open_target(installed_0523, patch_set="0.5.23")
     assert t.manifest.version == t.layout.version == "0.5.23"
 
 

@@ -7,14 +7,15 @@ import json
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sglang_sage import engine, fetch, pr
+from sglang_sage import dep3, fetch, patcher, pr, pr_text, upstream_style
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage import overlay as overlay_mod
+from sglang_sage.apply_cli import main
 from sglang_sage.errors import SageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +25,18 @@ BRANCH = "sage-attn/0.5.17"
 SERVER_ARGS = "python/sglang/srt/server_args.py"
 PATCH_SUBJECT = "Register the sage_attn attention backend"
 PATCH_AUTHOR = "sglang-sage <sglang-sage@users.noreply.github.com>"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def formatted_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The overlay as SGLang's formatters leave it: `pr`'s self-check fails on anything else, and whether
+    overlay/ itself is formatted is tests/overlay/test_upstream_format.py's business, not this module's."""
+    copy = tmp_path_factory.mktemp("overlay") / "overlay"
+    shutil.copytree(REPO / "overlay", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert upstream_style.format_in_place(sorted(copy.rglob("*.py"))) == ""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(overlay_mod, "OVERLAY_DIR", copy)
+        yield copy
 
 
 def git(repo: Path, *args: str) -> str:
@@ -101,8 +114,13 @@ def test_pr_branch_series_and_report(co: Path, tmp_path: Path, capsys) -> None:
     # DIR: mails + PR.md + the report's plots
     patches = sorted(p.name for p in out.glob("*.patch"))
     assert len(patches) == 2 and patches[1] == "0002-Register-the-sage_attn-attention-backend.patch"
-    assert {p.name for p in out.iterdir()} == {*patches, "PR.md", "context_buckets.png", "drift_over_depth.png",
-                                                 "throughput.png"}
+    assert {p.name for p in out.iterdir()} == {
+        *patches,
+        "PR.md",
+        "context_buckets.png",
+        "drift_over_depth.png",
+        "throughput.png",
+    }
     mail = (out / patches[1]).read_text()
     assert f"From: {PATCH_AUTHOR}" in mail and "Forwarded: not-yet" in mail
     text = (out / "PR.md").read_text()
@@ -110,10 +128,9 @@ def test_pr_branch_series_and_report(co: Path, tmp_path: Path, capsys) -> None:
         "## Motivation",
         "top-left",
         "tp_kv_head_num",
-        "silent fallbacks",
         "## Design",
-        "end-aligned mask",
-        "Plan once per batch",
+        *pr_text.readme_sections(),  # one source: the README's motivation and backend bullets, verbatim
+        "**No silent fallback**",
         "CUDA-graph",
         "Hybrid mode",
         f"| `{SERVER_ARGS}` | patch `0001-Register-the-sage_attn-attention-backend.patch` | 1 | 0 |",
@@ -129,6 +146,7 @@ def test_pr_branch_series_and_report(co: Path, tmp_path: Path, capsys) -> None:
         "### Criteria",
         "![throughput](throughput.png)",
         "**identical**",
+        "passes SGLang's formatters",
     ):
         assert needle in text, needle
     assert "## Stages" not in text and "### Stages" not in text
@@ -141,9 +159,7 @@ def test_pr_author_and_pyproject_edit_commit(co: Path, sdist_root: Path, tmp_pat
     git(co, "commit", "-q", "-m", "add the upstream pyproject.toml")
     base = git(co, "rev-parse", "HEAD")
     out = tmp_path / "out"
-    code, rep = run_pr(
-        capsys, "--sglang-dir", str(co), "--out", str(out), "--author", "Jane Doe <jane@example.org>"
-    )
+    code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(out), "--author", "Jane Doe <jane@example.org>")
     assert code == ec.OK and rep["verdict"]["ok"], rep
     assert [c["step"] for c in rep["commits"]] == [
         "overlay",
@@ -165,9 +181,15 @@ def test_pr_author_and_pyproject_edit_commit(co: Path, sdist_root: Path, tmp_pat
     assert git(co, "status", "--porcelain") == ""
 
 
-def test_pr_058_overlay_patch_and_real_pyproject(tmp_path: Path, capsys) -> None:
+def test_pr_058_overlay_patch_and_real_pyproject(tmp_path: Path, capsys, monkeypatch) -> None:
     """0.5.8: the overlay commit carries the set's overlay patch (what apply installs), the real pyproject
-    gets the edit commit, and both git am and apply reproduce the branch."""
+    gets the edit commit, and both git am and apply reproduce the branch.
+
+    On the real overlay: 0.5.8's overlay patch is made against overlay/ as committed, so a reformatted
+    copy would not take it; the formatter verdict is whatever the real overlay's is (the patch must be
+    regenerated when overlay/ is reformatted, and then this test expects the formatters to pass too)."""
+    monkeypatch.setattr(overlay_mod, "OVERLAY_DIR", REPO / "overlay")
+    real_style = upstream_style.check(sorted((REPO / "overlay").rglob("*.py")))
     co = tmp_path / "sglang"
     with tarfile.open(fetch.sdist("0.5.8")) as tf:
         tf.extractall(tmp_path, filter="data")
@@ -176,7 +198,9 @@ def test_pr_058_overlay_patch_and_real_pyproject(tmp_path: Path, capsys) -> None
     for args in (("init", "-q"), ("add", "-A"), ("commit", "-q", "-m", "SGLang v0.5.8 (sdist)"), ("tag", "v0.5.8")):
         git(co, *args)
     code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(tmp_path / "out"))
-    assert code == ec.OK and rep["verdict"]["ok"], rep
+    v = rep["verdict"]
+    assert v["am_tree"] == v["branch_tree"] == v["apply_tree"] and v["git_am_applies"], rep
+    assert v["style_ok"] == real_style.ok and code == (ec.OK if real_style.ok else ec.INTERNAL), rep
     assert [c["step"] for c in rep["commits"]][::2] == ["overlay", "0002-pyproject-sage-dependencies.edit.toml"]
     backend = git(co, "show", "sage-attn/0.5.8:python/sglang/srt/layers/attention/sage_attn_backend.py")
     assert "def init_forward_metadata_replay_cuda_graph(" in backend
@@ -213,7 +237,7 @@ def _drifted(co: Path, tmp: Path) -> list[str]:
 
 
 def _applied(co: Path, tmp: Path) -> list[str]:
-    assert engine.apply(engine.open_target(co), skip_api_check=True).exit_code == ec.OK
+    assert patcher.apply(patcher.open_target(co), skip_api_check=True).exit_code == ec.OK
     git(co, "add", "-A")
     git(co, "commit", "-qm", "applied")
     return ["--sglang-dir", str(co)]
@@ -315,14 +339,14 @@ def test_pr_failing_step_is_named_and_nothing_is_written(co: Path, tmp_path: Pat
 
 def test_pr_self_check_mismatch_is_reported(co: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """If apply's tree differed from the series, the verdict says so and the exit code is non-zero."""
-    real_apply = pr.engine.apply
+    real_apply = pr.patcher.apply
 
     def apply_plus_one(t, **kw):  # type: ignore[no-untyped-def]
         report = real_apply(t, **kw)
         (t.layout.root / "python/sglang/extra.py").write_text("x = 1\n")
         return report
 
-    monkeypatch.setattr(pr.engine, "apply", apply_plus_one)
+    monkeypatch.setattr(pr.patcher, "apply", apply_plus_one)
     code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(tmp_path / "out"))
     assert code == ec.INTERNAL and "self-check FAILED" in rep["message"], rep
     v = rep["verdict"]
@@ -333,14 +357,14 @@ def test_pr_self_check_mismatch_is_reported(co: Path, tmp_path: Path, monkeypatc
 
 def test_mail_header_and_dep3_description() -> None:
     """Folded subjects (0.5.8's overlay patch) and DEP-3 paragraphs survive into the commit message."""
-    mail = pr.mail_header(PATCHES / "0.5.8/0003-sage_attn-use-SGLang-0.5.8-CUDA-graph-hooks-and-CI-registration.patch")
+    text = (PATCHES / "0.5.8/0003-sage_attn-use-SGLang-0.5.8-CUDA-graph-hooks-and-CI-registration.patch").read_text()
+    mail = dep3.parse(text)
     assert mail.subject == "sage_attn: use SGLang 0.5.8's CUDA-graph hooks and CI registration"
     assert str(mail.author) == PATCH_AUTHOR and mail.date == "Sat, 21 Nov 2026 00:00:00 +0000"
-    text = (PATCHES / "0.5.17/0001-Register-the-sage_attn-attention-backend.patch").read_text()
-    desc = pr.dep3_description(text)
+    desc = dep3.parse((PATCHES / "0.5.17/0001-Register-the-sage_attn-attention-backend.patch").read_text()).description
     assert desc.startswith('Register the 8-bit SageAttention backend as "sage_attn".\nattention_registry.py')
     assert "\n\nAudited and deliberately left alone" in desc and "\n  flashinfer): _attention" in desc
-    assert pr.parse_author(" A. Person <a@b.c> ") == pr.Identity("A. Person", "a@b.c")
+    assert pr.parse_author(" A. Person <a@b.c> ") == dep3.Author("A. Person", "a@b.c")
     with pytest.raises(SageError):
         pr.parse_author("<a@b.c>")
 
@@ -351,3 +375,26 @@ def _committed_verdict_line() -> str:
     line = next(x for x in report.read_text().splitlines() if x.startswith("**Verdict:"))
     assert " pass, " in line, line
     return line
+
+
+def test_pr_self_check_runs_sglangs_formatters(co: Path, formatted_overlay: Path, tmp_path: Path) -> None:
+    """A series file that SGLang's isort/black would rewrite fails the self-check (exit 1), naming the file."""
+    overlay = tmp_path / "overlay"
+    shutil.copytree(formatted_overlay, overlay)
+    backend = overlay / "sglang/srt/layers/attention/sage_attn_backend.py"
+    backend.write_text(backend.read_text() + "\nUNFORMATTED = {'a':1}\n")
+    result = pr.prepare(co, tmp_path / "out", overlay_root=overlay)
+    v = result.verdict
+    assert result.exit_code == ec.INTERNAL and "would not pass SGLang's formatters" in result.message
+    assert v.trees_ok and not v.ok and v.style_checked >= 8
+    assert v.style_problems == [
+        "python/sglang/srt/layers/attention/sage_attn_backend.py: SGLang's pre-commit (isort 7.0.0, black 24.10.0) "
+        "would reformat it"
+    ]
+    assert "does not pass SGLang's formatters" in (tmp_path / "out/PR.md").read_text()
+
+
+def test_readme_sections_are_the_pr_text() -> None:
+    motivation, design = pr_text.readme_sections()
+    assert motivation.startswith("Why this rewrite of the seed backend") and "tp_kv_head_num" in motivation
+    assert design.startswith("* **Prefill") and "**No silent fallback**" in design and "DCP" in design

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from sglang_sage import stats
+from sglang_sage import counters
 from sglang_sage.verify import engine_runner
 from sglang_sage.verify.metrics import Window
 
@@ -72,22 +72,22 @@ def test_pick_server_info():
     assert out == {"attention_backend": "sage_attn", "max_total_num_tokens": 5, "memory_usage": {"kvcache": 1.5}}
 
 
-def test_read_stats_sums_processes(tmp_path):
+def test_read_counters_sums_processes(tmp_path):
     for pid, n in ((11, 3), (12, 4)):
         (tmp_path / f"sage_attn_stats_{pid}.json").write_text(json.dumps(
             {"pid": pid, "tp_rank": 0, "decode_backend": "triton",
              "counters": {"prefill_8bit_layer_calls": n, "decode_batches": 1}}))
     (tmp_path / "sage_attn_stats_13.json").write_text("{trunc")
     (tmp_path / "other.json").write_text("{}")
-    d = stats.read_stats_detail(tmp_path)
+    d = counters.read_counters_detail(tmp_path)
     assert d["counters"]["prefill_8bit_layer_calls"] == 7
     assert d["counters"]["decode_batches"] == 2
     assert d["counters"]["extend_prefix_8bit_layer_calls"] == 0
     assert d["processes"] == 2 and d["decode_backends"] == ["triton"]
     assert d["unreadable"] == ["sage_attn_stats_13.json"]
-    assert stats.read_stats(tmp_path)["prefill_8bit_layer_calls"] == 7
-    assert stats.read_stats(tmp_path / "missing") == dict.fromkeys(stats.COUNTER_NAMES, 0)
-    assert stats.counter_delta({"a": 1}, {"a": 4, "b": 2}) == {"a": 3, "b": 2}
+    assert counters.read_counters(tmp_path)["prefill_8bit_layer_calls"] == 7
+    assert counters.read_counters(tmp_path / "missing") == dict.fromkeys(counters.COUNTER_NAMES, 0)
+    assert counters.counter_delta({"a": 1}, {"a": 4, "b": 2}) == {"a": 3, "b": 2}
 
 
 def test_completion_tokens_fallback():

@@ -1,23 +1,21 @@
-"""Command line of apply.py: argument parsing, rich/JSON rendering, build and GPU-test steps."""
+"""Command line of apply.py: argument parsing, target selection, rich/JSON rendering (steps: pipeline.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sglang_sage import build, engine, fetch, gpu_tests, maint, pr
 from sglang_sage import errors as ec
+from sglang_sage import fetch, installed, maint, patcher, pipeline, pr
 from sglang_sage.errors import SageError
-from sglang_sage.layout import LayoutKind, detect
+from sglang_sage.layout import detect
 from sglang_sage.manifest import Manifest
 from sglang_sage.series import PATCHES_DIR, available_versions, patchset_dir
 
@@ -29,7 +27,8 @@ def _epilog() -> str:
     codes = "\n".join(f"  {code:>3}  {text}" for code, text in ec.EXIT_CODES.items())
     return (
         "examples:\n"
-        "  python apply.py                                # fetch pinned SGLang into .sglang/<ver>/, apply, test\n"
+        "  python apply.py                                # the SGLang this python imports (else the pinned release)\n"
+        "  python apply.py --fetch                        # fetch pinned SGLang into .sglang/<ver>/, apply, test\n"
         "  python apply.py --sglang-dir ~/src/sglang      # git checkout at v0.5.17\n"
         "  python apply.py --sglang-dir .venv/lib/python3.11/site-packages --no-tests\n"
         "  python apply.py status --sglang-dir DIR --json\n"
@@ -38,15 +37,27 @@ def _epilog() -> str:
     )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+_FETCHED_TARGET = "the pinned release fetched from PyPI into .sglang/<version>/ as a git checkout"
+_INSTALLED_TARGET = "the SGLang that --python imports when it is a supported version, else " + _FETCHED_TARGET
+
+
+def _common(p: argparse.ArgumentParser, *, default_target: str = _FETCHED_TARGET) -> None:
     p.add_argument(
         "--sglang-dir",
         type=Path,
         metavar="DIR",
-        help="SGLang git checkout, unpacked sdist or site-packages dir (default: fetch the pinned "
-        "release from PyPI into .sglang/<version>/ as a git checkout)",
+        help=f"SGLang git checkout, unpacked sdist or site-packages dir (default: {default_target})",
     )
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON report on stdout")
+
+
+def _target_opts(p: argparse.ArgumentParser, python_help: str) -> None:
+    p.add_argument("--python", default=sys.executable, metavar="EXE", help=python_help + " (default: this one)")
+    p.add_argument(
+        "--fetch",
+        action="store_true",
+        help="without --sglang-dir: use the fetched pinned release even when --python has an SGLang installed",
+    )
 
 
 def _patch_set_opt(p: argparse.ArgumentParser) -> None:
@@ -67,13 +78,12 @@ def _apply_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-api-check", action="store_true", help="do not run the static API check (development only)")
 
 
+_RUN_PYTHON = "interpreter of the SGLang environment: its installed SGLang is the default target; build and GPU tests"
+_FIND_PYTHON = "interpreter whose installed SGLang is the default target"
+
+
 def _run_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--python",
-        default=sys.executable,
-        metavar="EXE",
-        help="interpreter of the SGLang environment, for build and GPU tests (default: this one)",
-    )
+    _target_opts(p, _RUN_PYTHON)
     p.add_argument("--no-tests", action="store_true", help="do not run the GPU attention tests")
     p.add_argument(
         "--test-log",
@@ -89,7 +99,6 @@ def parser() -> argparse.ArgumentParser:
         prog="apply.py",
         description="Turn a pinned SGLang into SGLang + the 8-bit SageAttention backend `sage_attn`, "
         "reproducibly, or refuse with a reason and change nothing. Default command: apply.",
-        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
@@ -98,10 +107,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "apply",
         help="verify pins, apply patches + overlay, rebuild, run GPU tests",
-        epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _apply_opts(p)
     _run_opts(p)
@@ -111,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="rebuild command instead of `pip install -e python --no-deps` ({python}, {pkg_root}, {root} expand)",
     )
+    # `python apply.py --help` is what people type first: show the default command's options there too
+    top.epilog = _options_of(p, "options of apply, the default command (python apply.py [apply] [options])") + (
+        "\n" + _epilog()
+    )
+    p.epilog = _epilog()
 
     p = sub.add_parser(
         "status",
@@ -118,24 +131,27 @@ def parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser(
         "revert", help="restore the byte-identical pristine tree (hash-verified)", epilog=_epilog(), formatter_class=fmt
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser("check", help="every apply check, without writing", epilog=_epilog(), formatter_class=fmt)
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _apply_opts(p)
+    _target_opts(p, _FIND_PYTHON)
     p = sub.add_parser(
         "test",
         help="run the registered sage_attn GPU tests against an applied tree",
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    _common(p)
+    _common(p, default_target=_INSTALLED_TARGET)
     _patch_set_opt(p)
     _run_opts(p)
     p = sub.add_parser(
@@ -164,6 +180,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _options_of(p: argparse.ArgumentParser, title: str) -> str:
+    """The option list of one subcommand, as its own --help prints it (without usage and epilog)."""
+    formatter = p._get_formatter()
+    formatter.start_section(title)
+    for group in p._action_groups:
+        formatter.add_arguments([a for a in group._group_actions if a.option_strings and a.dest != "help"])
+    formatter.end_section()
+    return formatter.format_help()
+
+
 def _default_version() -> str:
     """The newest GPU-verified patch set (newest of all when none is)."""
     versions = available_versions()
@@ -174,31 +200,58 @@ def _default_version() -> str:
 
 
 def _target_dir(args: argparse.Namespace, console: Console) -> Path:
+    """--sglang-dir; else the SGLang that --python imports (named before anything is written); else, or
+    with --fetch, the pinned release fetched into .sglang/<version>/."""
     if args.sglang_dir is not None:
+        if getattr(args, "fetch", False):
+            raise SageError("--fetch and --sglang-dir exclude each other: name one target", code=ec.USAGE)
         return args.sglang_dir
+    python = getattr(args, "python", None)
+    if python is not None and not args.fetch:
+        found = installed.find(python)
+        if found is not None:
+            console.print(f"[bold]target:[/] {escape(found.describe())}", soft_wrap=True)
+            try:
+                patchset_dir(getattr(args, "patch_set", None) or found.layout.version)
+            except SageError as exc:
+                exc.details.append(
+                    f"this is the SGLang installed for {python}; `--fetch` uses the pinned release instead, "
+                    "`--sglang-dir DIR` another tree"
+                )
+                raise
+            return found.layout.root
     version = getattr(args, "patch_set", None) or _default_version()
     manifest = Manifest.load(patchset_dir(version) / "manifest.toml")
     dest = REPO / ".sglang" / version
-    if not (dest / "python" / "sglang").is_dir():
+    if python is not None and not args.fetch:
         console.print(
-            f"[bold]fetching[/] SGLang {version} from PyPI (pip download, cached in {fetch.cache_dir()}) "
-            f"-> git checkout {dest}"
+            f"[bold]target:[/] no SGLang installed for {escape(python)}; using the pinned release {dest}",
+            soft_wrap=True,
         )
-    return fetch.ensure_checkout(version, manifest.upstream_tag, dest)
+    return fetch.ensure_checkout(version, manifest.upstream_tag, dest, _printer(console))
+
+
+def _printer(console: Console) -> fetch.Progress:
+    """Progress lines for steps that run before the status spinner (the fetch)."""
+
+    def say(message: str) -> None:
+        console.print(escape(message), soft_wrap=True, highlight=False)
+
+    return say
 
 
 # ----------------------------------------------------------------------------- rendering
 
 _COLORS = {
-    engine.PRISTINE: "cyan",
-    engine.APPLIED: "green",
-    engine.PARTIAL: "yellow",
-    engine.DRIFTED: "red",
-    engine.NA: "dim",
+    patcher.PRISTINE: "cyan",
+    patcher.APPLIED: "green",
+    patcher.PARTIAL: "yellow",
+    patcher.DRIFTED: "red",
+    patcher.NA: "dim",
 }
 
 
-def _render(report: engine.Report, console: Console) -> None:
+def _render(report: patcher.Report, console: Console) -> None:
     console.print(f"[bold]{report.command}[/] {report.target}  ({report.layout}, SGLang {report.version})")
     if report.items:
         table = Table(show_lines=False, expand=False)
@@ -221,78 +274,12 @@ def _render(report: engine.Report, console: Console) -> None:
         console.print(f"[{style}]{report.message}[/]")
 
 
-def _emit(report: engine.Report, args: argparse.Namespace, console: Console) -> int:
+def _emit(report: patcher.Report, args: argparse.Namespace, console: Console) -> int:
     if getattr(args, "json", False):
         print(json.dumps(report.to_json(), indent=2))
     else:
         _render(report, console)
     return report.exit_code
-
-
-# ----------------------------------------------------------------------------- steps after apply
-
-
-def _check_python(python: str, manifest: Manifest) -> None:
-    try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SageError(f"--python {python}: cannot run it ({exc})") from exc
-    if Version(out) not in SpecifierSet(manifest.requires_python):
-        raise SageError(
-            f"--python {python} is Python {out}; SGLang {manifest.version} requires {manifest.requires_python}"
-        )
-
-
-def _build(t: engine.Target, args: argparse.Namespace, report: engine.Report, progress) -> None:  # type: ignore[no-untyped-def]
-    progress("rebuilding")
-    files = engine.touched_sources(t)
-    before = engine.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
-    result = build.run(t.layout, args.python, files, args.build_cmd)
-    if result.skipped:
-        report.warnings.append(f"build skipped: {result.skipped}")
-        return
-    if result.returncode != 0:
-        report.exit_code = ec.BUILD_FAILED
-        report.message = (
-            f"build failed ({' '.join(result.command)}, exit {result.returncode}); the tree stays patched "
-            f"(`python apply.py revert --sglang-dir {t.layout.root}` undoes it)\n{result.output}"
-        )
-        return
-    if t.layout.kind is LayoutKind.INSTALLED and not args.build_cmd:
-        engine.record_pyc(t, files, before)
-    report.actions.append(f"built: {' '.join(result.command[:6])}{' ...' if len(result.command) > 6 else ''}")
-
-
-def _gpu_tests(t: engine.Target, args: argparse.Namespace, report: engine.Report, progress) -> None:  # type: ignore[no-untyped-def]
-    progress("probing the GPU")
-    gpu = gpu_tests.probe(args.python)
-    if not gpu.available:
-        report.exit_code = ec.NO_GPU
-        report.message = (
-            f"{report.message}; GPU tests NOT run: no CUDA GPU visible to {args.python} ({gpu.detail}). "
-            f"Exit code {ec.NO_GPU} means 'applied, untested' (use --no-tests to skip on purpose)"
-        )
-        return
-    files = gpu_tests.test_files(t.layout, t.overlay_root)
-    if not files:
-        report.exit_code = ec.TESTS_FAILED
-        report.message = f"no registered tests matching {gpu_tests.TEST_GLOB} found"
-        return
-    progress(f"running {len(files)} GPU test file(s) on {gpu.detail}")
-    run = gpu_tests.run(t.layout, args.python, files, log_path=args.test_log)
-    if run.returncode != 0:
-        report.exit_code = ec.TESTS_FAILED
-        report.message = f"GPU tests failed ({' '.join(run.command)}):\n{run.output}"
-    else:
-        report.actions.append(
-            f"GPU tests passed on {gpu.detail}: {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
-        )
 
 
 # ----------------------------------------------------------------------------- commands
@@ -325,9 +312,11 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
             layout = detect(args.sglang_dir)
         else:
             m = Manifest.load(directory / "manifest.toml")
-            layout = detect(fetch.ensure_checkout(args.update, m.upstream_tag, REPO / ".sglang" / args.update))
+            layout = detect(
+                fetch.ensure_checkout(args.update, m.upstream_tag, REPO / ".sglang" / args.update, _printer(console))
+            )
         m = maint.update(directory, layout)
-        report = engine.Report(
+        report = patcher.Report(
             "manifest",
             str(directory),
             version=m.version,
@@ -337,32 +326,31 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
         return _emit(report, args, console)
 
     target = _target_dir(args, console)
-    t = engine.open_target(target, patch_set=args.patch_set)
+    t = patcher.open_target(target, patch_set=args.patch_set)
     if status_ctx is not None:
         status_ctx.start()
     try:
         if args.command == "status":
-            report = engine.status(t)
+            report = patcher.status(t)
         elif args.command == "revert":
-            report = engine.revert(t, progress=progress)
+            with patcher.locked(t, progress) as notes:
+                report = patcher.revert(t, progress=progress)
+            report.warnings[:0] = notes
         elif args.command == "check":
-            report = engine.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
+            report = patcher.check(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
         elif args.command == "test":
-            report = engine.status(t)
-            if report.state != engine.APPLIED:
-                raise SageError(f"{t.layout.root} is {report.state}; apply first")
-            report.command = "test"
-            report.message = "applied"
-            _gpu_tests(t, args, report, progress)
+            report = pipeline.test_applied(t, args.python, test_log=args.test_log, progress=progress)
         else:
-            if not args.no_tests or not args.no_build:
-                _check_python(args.python, t.manifest)
-            report = engine.apply(t, force=args.force, skip_api_check=args.skip_api_check, progress=progress)
-            if not report.message.startswith("already applied"):
-                if not args.no_build:
-                    _build(t, args, report, progress)
-                if report.exit_code == ec.OK and not args.no_tests:
-                    _gpu_tests(t, args, report, progress)
+            options = pipeline.Options(
+                python=args.python,
+                force=args.force,
+                skip_api_check=args.skip_api_check,
+                build=not args.no_build,
+                build_cmd=args.build_cmd,
+                tests=not args.no_tests,
+                test_log=args.test_log,
+            )
+            report = pipeline.apply_build_test(t, options, progress=progress)
     finally:
         if status_ctx is not None:
             status_ctx.stop()
@@ -376,7 +364,7 @@ def _cmd(args: argparse.Namespace, console: Console) -> int:
 
 
 def _emit_pr(result: pr.PrResult, args: argparse.Namespace, console: Console) -> int:
-    """`pr` has its own result type (commits, written files, self-check verdict), not an engine.Report."""
+    """`pr` has its own result type (commits, written files, self-check verdict), not an patcher.Report."""
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return result.exit_code
@@ -395,9 +383,11 @@ def _emit_pr(result: pr.PrResult, args: argparse.Namespace, console: Console) ->
         console.print(f"  [yellow]warning:[/] {escape(w)}")
     v = result.verdict
     mark = "[green]ok[/]" if v.ok else "[red]MISMATCH[/]"
+    style = "ok" if v.style_ok else ("NOT RUN" if v.style_error else "WOULD REFORMAT")
     console.print(
         f"self-check {mark}: git am {'applies' if v.git_am else 'FAILS'}; trees: branch {v.branch_tree[:12]}, "
-        f"git am {v.am_tree[:12] or '-'}, apply {v.apply_tree[:12] or '-'}"
+        f"git am {v.am_tree[:12] or '-'}, apply {v.apply_tree[:12] or '-'}; SGLang's formatters on "
+        f"{v.style_checked} Python file(s): {style}"
     )
     for d in v.details:
         console.print(f"  - {escape(d)}")

@@ -1,4 +1,6 @@
-"""apply / status / revert / check on one target tree. No printing here: results are data.
+"""The patch engine: apply / status / revert / check on one target tree. No printing here: results are data.
+
+(Named `patcher`, not `engine`: in this repository "engine" is `sglang.Engine`, which verify/ runs.)
 
 Order of apply (nothing is written before step 6):
  1 layout + version  2 status (already applied? half-applied? drifted?)  3 dirty git files
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from sglang_sage.errors import APPLY_FAILED, OK, REFUSED, SageError
 from sglang_sage.gitapply import GitApply
 from sglang_sage.hashing import sha256_bytes, sha256_file
 from sglang_sage.layout import Layout, LayoutKind, detect
+from sglang_sage.lock import TreeLock
 from sglang_sage.manifest import Manifest
 from sglang_sage.pyproject_edit import PyprojectEdit, apply_edit
 from sglang_sage.series import Series, load, patchset_dir
@@ -61,6 +64,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     exit_code: int = OK
     message: str = ""
+    changed: bool = False  # did this command write the tree (False: already applied / pristine, or refused)
 
     def to_json(self) -> dict[str, object]:
         """Machine-readable form (stable keys)."""
@@ -70,6 +74,7 @@ class Report:
             "layout": self.layout,
             "version": self.version,
             "state": self.state,
+            "changed": self.changed,
             "exit_code": self.exit_code,
             "message": self.message,
             "actions": self.actions,
@@ -81,7 +86,7 @@ class Report:
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     return None
 
 
@@ -98,8 +103,8 @@ class Target:
 
     @property
     def edit(self) -> PyprojectEdit | None:
-        """The pyproject edit step, if the series has one."""
-        return self.series.edits[0] if self.series.edits else None
+        """The pyproject edit step, if the series has one (`series.load` refuses a second)."""
+        return self.series.edit
 
     def disk(self, repo_path: str) -> Path | None:
         """Where a repo-relative path lives in this layout."""
@@ -113,6 +118,37 @@ class Target:
         if self.layout.kind is LayoutKind.INSTALLED and self.layout.dist_info is not None:
             return self.layout.dist_info / "sglang-sage"
         return self.layout.root / ".sglang-sage"
+
+    def lock_path(self) -> Path:
+        """The tree's lock file, beside the state directory (not in it: revert removes that)."""
+        state = self.state_dir()
+        return state.with_name(state.name + ".lock")
+
+    def journal_dir(self) -> Path:
+        """Write-ahead journal of the running transaction; left behind only by a killed run."""
+        state = self.state_dir()
+        return state.with_name(state.name + ".journal")
+
+
+@contextmanager
+def locked(t: Target, progress: Progress = quiet) -> Iterator[list[str]]:
+    """Hold the tree's lock; roll back what a killed run left half-done first. Yields warnings to report.
+
+    Used by every command that writes the tree (apply, revert, pr).
+    """
+    notes: list[str] = []
+    with TreeLock(t.lock_path(), waiting=progress) as lock:
+        stale = lock.stale_message()
+        if stale:
+            notes.append(stale)
+        journal = t.journal_dir()
+        if journal.exists():
+            progress("rolling back an interrupted run")
+            restored = Transaction.recover(journal)
+            notes.append(
+                f"an interrupted sglang-sage run left a journal ({journal}); rolled its {restored} change(s) back"
+            )
+        yield notes
 
 
 def open_target(
@@ -167,8 +203,8 @@ def status_items(t: Target) -> list[Item]:
                 )
             )
             items.append(Item("patch", step.name, f, state, detail))
-    for edit in t.series.edits:
-        items.append(_edit_item(t, edit))
+    if t.edit is not None:
+        items.append(_edit_item(t, t.edit))
     for of in t.overlay_files:
         dest = t.disk(of.dest)
         if dest is None:
@@ -216,6 +252,10 @@ def status(t: Target) -> Report:
     report = _report("status", t, items)
     for line in overlay_mod.stale(t.overlay_files, t.manifest.overlay):
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
+    if t.journal_dir().exists():
+        report.warnings.append(
+            f"an interrupted run left a journal ({t.journal_dir()}): the next apply or revert rolls it back first"
+        )
     return report
 
 
@@ -259,20 +299,87 @@ class Plan:
     writes: list[Path]
 
 
-def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Plan:
+def managed_paths(t: Target) -> list[Path]:
+    """Every path apply or revert may write or delete: patched files, the pyproject edit, overlay destinations."""
+    repo_paths = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
+    return [p for p in (t.disk(r) for r in repo_paths) if p is not None]
+
+
+def link_problems(root: Path, paths: list[Path]) -> list[str]:
+    """Paths that are, or lie below, a symbolic link, or that resolve outside `root`.
+
+    Writing through a link writes outside the tree the user named (and revert would delete there),
+    so any link on the way from the root to a managed file is refused, whatever it points to.
+    """
+    problems: dict[str, None] = {}
+    for path in paths:
+        current = root
+        for part in path.relative_to(root).parts:
+            current = current / part
+            if current.is_symlink():
+                problems[f"{current}: is a symbolic link (-> {os.readlink(current)})"] = None
+                break
+            if not current.exists():
+                break
+        if current.is_symlink():
+            continue
+        resolved = path.resolve()
+        if root != resolved and root not in resolved.parents:
+            problems[f"{path}: resolves outside {root} (to {resolved})"] = None
+    return list(problems)
+
+
+def _refuse_links(t: Target, paths: list[Path]) -> None:
+    problems = link_problems(t.layout.root, paths)
+    if problems:
+        raise SageError(
+            f"{problems[0].split(': ', 1)[0]}: sglang-sage never writes through a symbolic link or outside "
+            f"{t.layout.root} (nothing was changed; replace the link by a real directory or file)",
+            details=problems,
+        )
+
+
+def require_clean(t: Target, repo_paths: list[str] | None, *, ignore: set[str] | None = None, hint: str) -> None:
+    """Refuse (exit 4) when git reports uncommitted changes: in `repo_paths`, or anywhere with None."""
+    dirty = [d for d in t.git.dirty(repo_paths or []) if d not in (ignore or set())]
+    if dirty:
+        where = "in files the patch set touches" if repo_paths else "(the checkout is not clean)"
+        raise SageError(f"{t.layout.root}: uncommitted changes {where} ({hint})", details=dirty[:20])
+
+
+def require_pristine(t: Target, items: list[Item] | None = None) -> None:
+    """Refuse unless every patched file and overlay destination is at the pre-image (the edit may be n/a)."""
+    bad = [i for i in (items or status_items(t)) if i.kind != "edit" and i.state not in (PRISTINE, NA)]
+    if bad:
+        raise SageError(
+            f"{t.layout.root}: not a pristine SGLang {t.manifest.version} "
+            f"{'checkout' if t.layout.kind is LayoutKind.GIT_CHECKOUT else 'tree'} (pins of {t.manifest.path})",
+            details=[f"{i.path}: {i.state}{' (' + i.detail + ')' if i.detail else ''}" for i in bad],
+        )
+
+
+def api_check(t: Target, progress: Progress = quiet) -> None:
+    """The static API check of the (effective) overlay against this tree; refuses listing every miss."""
+    progress("static API check of the overlay")
+    misses = apicheck.check(t.overlay_root, t.layout)
+    if misses:
+        raise SageError(
+            f"the overlay uses SGLang internals that SGLang {t.layout.version} lacks",
+            details=[str(m) for m in misses],
+        )
+
+
+def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Plan:
     """Every check apply makes, in order, without writing; raises SageError naming what is wrong."""
+    _refuse_links(t, managed_paths(t))
     items = status_items(t)
     patch_items = [i for i in items if i.kind == "patch"]
 
     progress("checking git state")
-    watched = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
-    ours = {i.path for i in items if i.state == APPLIED}  # changes apply itself made are not "dirty"
-    dirty = [d for d in t.git.dirty(watched) if d not in ours]
-    if dirty and not force:
-        raise SageError(
-            f"{t.layout.root}: uncommitted changes in files the patch set touches (commit or stash them, or --force)",
-            details=dirty,
-        )
+    if not force:
+        watched = t.series.patched_files + ([t.edit.target] if t.edit else []) + [o.dest for o in t.overlay_files]
+        ours = {i.path for i in items if i.state == APPLIED}  # changes apply itself made are not "dirty"
+        require_clean(t, watched, ignore=ours, hint="commit or stash them, or --force")
 
     progress("verifying pre-image pins")
     mismatched = [i for i in patch_items if i.state == DRIFTED]
@@ -328,13 +435,7 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
         raise SageError(f"{t.layout.root}: cannot write the tree", details=sorted(set(problems)))
 
     if not skip_api_check:
-        progress("static API check of the overlay")
-        misses = apicheck.check(t.overlay_root, t.layout)
-        if misses:
-            raise SageError(
-                f"the overlay uses SGLang internals that SGLang {t.layout.version} lacks",
-                details=[str(m) for m in misses],
-            )
+        api_check(t, progress)
 
     three_way = False
     if pending:
@@ -356,7 +457,6 @@ def preflight(t: Target, *, force: bool = False, skip_api_check: bool = False, p
 # ----------------------------------------------------------------------------- apply
 
 
-
 def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[Item]:
     """Status of every step after writing; raising inside the transaction rolls the writes back.
 
@@ -368,7 +468,8 @@ def _require_states(t: Target, allowed: tuple[str, ...], failure: str) -> list[I
         raise SageError(failure, code=APPLY_FAILED, details=[f"{i.path}: {i.state} {i.detail}" for i in bad])
     return items
 
-def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
+
+def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Report:
     """Apply patches, the pyproject edit and the overlay as one transaction."""
     items = status_items(t)
     if overall(items) == APPLIED:
@@ -381,7 +482,7 @@ def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
     for line in overlay_mod.stale(t.overlay_files, t.manifest.overlay):
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
     state_dir = t.state_dir()
-    with Transaction() as tx:
+    with Transaction(journal=t.journal_dir()) as tx:
         if plan.pending_patch_files:
             progress("applying patches")
             for f in plan.pending_patch_files:
@@ -427,6 +528,7 @@ def apply(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
     report.items = items
     report.state = overall(report.items)
     report.message = f"applied sage_attn to {t.layout.root}"
+    report.changed = True
     return report
 
 
@@ -440,7 +542,7 @@ def _load_state(state_dir: Path) -> dict[str, object]:
         return {}
 
 
-def revert(t: Target, *, progress: Progress = _quiet) -> Report:
+def revert(t: Target, *, progress: Progress = quiet) -> Report:
     """Back to a byte-identical pristine tree, verified against the manifest's pre-image pins."""
     items = status_items(t)
     state = overall(items)
@@ -449,6 +551,9 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
         report = _report("revert", t, items)
         report.message = f"{t.layout.root} is already pristine; nothing changed"
         return report
+    saved = _load_state(state_dir)
+    pyc = [t.layout.root / str(r) for r in saved.get("pyc", [])] if isinstance(saved.get("pyc"), list) else []
+    _refuse_links(t, managed_paths(t) + pyc)
     drifted = [i for i in items if i.state == DRIFTED]
     if drifted:
         raise SageError(
@@ -456,7 +561,6 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
             details=[f"{i.path}: {i.detail}" for i in drifted],
         )
     applied_files = [i.path for i in items if i.kind == "patch" and i.state == APPLIED]
-    saved = _load_state(state_dir)
     pyproject_path = t.disk(t.edit.target) if t.edit else None
     backup = state_dir / "pyproject.toml.orig"
     writes = [p for p in (t.disk(f) for f in applied_files) if p]
@@ -466,7 +570,7 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
         raise SageError(f"{t.layout.root}: cannot write the tree", details=sorted(set(problems)))
 
     report = Report("revert", str(t.layout.root), t.layout.kind.value, t.layout.version)
-    with Transaction() as tx:
+    with Transaction(journal=t.journal_dir()) as tx:
         if applied_files:
             progress("reverse-applying patches")
             for f in applied_files:
@@ -519,6 +623,7 @@ def revert(t: Target, *, progress: Progress = _quiet) -> Report:
     report.items = items
     report.state = overall(report.items)
     report.message = f"reverted {t.layout.root} to pristine SGLang {t.layout.version} (pre-image pins verified)"
+    report.changed = True
     return report
 
 
@@ -570,7 +675,7 @@ def touched_sources(t: Target) -> list[Path]:
 # ----------------------------------------------------------------------------- check
 
 
-def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = _quiet) -> Report:
+def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progress: Progress = quiet) -> Report:
     """Everything apply does short of writing."""
     items = status_items(t)
     report = _report("check", t, items)
@@ -587,16 +692,6 @@ def check(t: Target, *, force: bool = False, skip_api_check: bool = False, progr
         report.warnings.append(f"{line} (run: python apply.py manifest --update {t.layout.version})")
     report.message = "all checks passed; apply would succeed"
     return report
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf that tolerates read-only bits (used by fetch for stale scratch trees)."""
-
-    def _onerror(func, p, _exc):  # type: ignore[no-untyped-def]
-        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
-        func(p)
-
-    shutil.rmtree(path, onerror=_onerror)
 
 
 __all__ = ["APPLY_FAILED", "REFUSED", "apply", "check", "open_target", "revert", "status"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 from sglang_sage.gitapply import GitApply
 from sglang_sage.hashing import sha256_file
 from sglang_sage.transaction import Transaction
@@ -89,6 +89,9 @@ def test_installed_apply_build_revert(installed: Path, digest, capsys) -> None:
     assert not (installed / "test").exists()  # tests run from overlay/ for installed packages
     tests = [i for i in rep["items"] if i["path"].startswith("test/")]
     assert tests and all(i["state"] == "n/a" for i in tests)
+    assert rep["changed"] and any(a.startswith("built: ") for a in rep["actions"])
+    code, again = run(capsys, "apply", "--sglang-dir", str(installed), "--no-tests")
+    assert code == 0 and not again["changed"] and again["actions"] == []  # nothing applied: nothing rebuilt
     code, rep = run(capsys, "revert", "--sglang-dir", str(installed))
     assert code == 0, rep
     assert digest(installed) == before
@@ -229,13 +232,19 @@ def test_interrupt_after_git_apply(installed: Path, digest, monkeypatch) -> None
 
 
 def test_git_missing(installed: Path, tmp_path: Path, digest) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "python").symlink_to(sys.executable)
-    env = dict(os.environ, PATH=str(bindir), PYTHONPATH=str(REPO))
+    """PATH without git: a clear refusal (exit 4), nothing written.
+
+    The interpreter is started by its own path, not through a link in a PATH-only directory: a
+    venv's python reached through a symlink elsewhere does not find its pyvenv.cfg and leaves the
+    venv (no `rich`, no GitPython), which is a different failure than the one tested here.
+    """
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(PATH=str(empty_path), PYTHONPATH=str(REPO))
     before = digest(installed)
     proc = subprocess.run(
-        [str(bindir / "python"), str(REPO / "apply.py"), "--sglang-dir", str(installed), "--no-tests"],
+        [sys.executable, str(REPO / "apply.py"), "--sglang-dir", str(installed), "--no-tests"],
         capture_output=True,
         text=True,
         env=env,
@@ -281,7 +290,7 @@ def test_read_only_mode_bits_restored_on_rollback(tmp_path: Path) -> None:
 
 def test_default_target_is_fetched_checkout(tmp_path: Path, capsys, monkeypatch) -> None:
     """`python apply.py` with no --sglang-dir: wheel -> .sglang/0.5.17/ git checkout, applied; no GPU -> 3."""
-    import sglang_sage.cli as cli
+    import sglang_sage.apply_cli as cli
 
     monkeypatch.setattr(cli, "REPO", tmp_path)
     code, rep = run(capsys, "--no-build")
@@ -291,3 +300,98 @@ def test_default_target_is_fetched_checkout(tmp_path: Path, capsys, monkeypatch)
     assert_registered(target / "python")
     code, rep = run(capsys, "status")
     assert code == 0 and rep["state"] == "applied"
+
+
+# ----------------------------------------------------------------------------- default target, --help
+
+
+def python_importing(tmp_path: Path, site: Path) -> str:
+    """An interpreter (this one) whose `import sglang` finds the package under `site`."""
+    exe = tmp_path / "bin-with-sglang" / "python"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_default_target_is_the_installed_sglang(installed: Path, tmp_path: Path, capsys) -> None:
+    """No --sglang-dir: the SGLang that --python imports is patched, and named before anything is written."""
+    python = python_importing(tmp_path, installed)
+    code, rep = run(capsys, "apply", "--python", python, "--no-tests", "--no-build")
+    assert code == 0 and rep["target"] == str(installed) and rep["layout"] == "installed", rep
+    assert_registered(installed)
+    code, rep = run(capsys, "status", "--python", python)
+    assert code == 0 and rep["state"] == "applied" and rep["target"] == str(installed)
+
+
+def test_installed_target_is_named_first(installed: Path, tmp_path: Path, capsys) -> None:
+    python = python_importing(tmp_path, installed)
+    assert main(["check", "--python", python]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.index(f"target: SGLang 0.5.17 installed for {python}") < out.index("check ")
+
+
+def test_editable_checkout_is_targeted_as_a_checkout(checkout: Path, tmp_path: Path, capsys) -> None:
+    code, rep = run(capsys, "status", "--python", python_importing(tmp_path, checkout / "python"))
+    assert code == 0 and rep["target"] == str(checkout) and rep["layout"] == "git-checkout", rep
+
+
+def test_installed_unsupported_version_is_refused(sdist_root: Path, tmp_path: Path, digest, capsys) -> None:
+    before = digest(sdist_root)
+    code, rep = run(capsys, "apply", "--python", python_importing(tmp_path, sdist_root), "--no-tests")
+    assert code == ec.REFUSED and "0.5.10.post1 is not supported" in rep["message"], rep
+    assert any("--fetch" in d for d in rep["details"])
+    assert digest(sdist_root) == before
+
+
+def test_fetch_forces_the_pinned_release(installed: Path, checkout: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import sglang_sage.apply_cli as cli
+
+    asked: list[tuple[str, str, Path]] = []
+
+    def fake_checkout(version: str, tag: str, dest: Path, *_: object) -> Path:
+        asked.append((version, tag, dest))
+        return checkout
+
+    monkeypatch.setattr(cli, "REPO", tmp_path)
+    monkeypatch.setattr(cli.fetch, "ensure_checkout", fake_checkout)
+    code, rep = run(capsys, "status", "--python", python_importing(tmp_path, installed), "--fetch")
+    assert code == 0 and rep["target"] == str(checkout), rep
+    assert asked == [("0.5.17", "v0.5.17", tmp_path / ".sglang" / "0.5.17")]
+    code, rep = run(capsys, "status", "--fetch", "--sglang-dir", str(installed))
+    assert code == ec.USAGE and "--fetch" in rep["message"]
+
+
+def test_top_level_help_shows_the_apply_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    section = out[out.index("options of apply, the default command") :]
+    for flag in ("--sglang-dir", "--no-tests", "--json", "--python", "--fetch", "--force", "--no-build"):
+        assert flag in section, flag
+
+
+def test_fetch_says_what_it_downloads_and_how_big(tmp_path: Path, monkeypatch) -> None:
+    """A download names the release, the destination, pip's own size line and the saved size."""
+    from sglang_sage import fetch
+
+    fake_pip = tmp_path / "python"
+    fake_pip.write_text(
+        "#!/bin/sh\n"
+        'for a; do [ "$prev" = "-d" ] && out="$a"; prev="$a"; done\n'
+        'echo "Collecting sglang==9.9"\n'
+        'echo "  Downloading sglang-9.9-py3-none-any.whl (1.5 MB)"\n'
+        'head -c 1500000 /dev/zero > "$out/sglang-9.9-py3-none-any.whl"\n'
+        'echo "Saved $out/sglang-9.9-py3-none-any.whl"\n'
+    )
+    fake_pip.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake_pip))
+    monkeypatch.setenv("SGLANG_SAGE_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    whl = fetch.wheel("9.9", said.append)
+    assert whl == tmp_path / "cache" / "wheels" / "sglang-9.9-py3-none-any.whl"
+    assert said[0] == f"downloading sglang==9.9 (wheel) from PyPI into {whl.parent} (once; cached there)"
+    assert "  pip: Downloading sglang-9.9-py3-none-any.whl (1.5 MB)" in said
+    assert said[-1] == "saved sglang-9.9-py3-none-any.whl (1.5 MB)"
+    said.clear()
+    assert fetch.wheel("9.9", said.append) == whl and said == []  # cached: silent, no second download

@@ -40,7 +40,7 @@ def _load(path: Path, retries: int = 3) -> dict[str, Any] | None:
     return None
 
 
-def read_stats_detail(stats_dir: str | Path) -> dict[str, Any]:
+def read_counters_detail(stats_dir: str | Path) -> dict[str, Any]:
     """Summed counters plus where they came from: process count, pids, decode backends."""
     root = Path(stats_dir)
     counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -68,13 +68,13 @@ def read_stats_detail(stats_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def read_stats(stats_dir: str | Path) -> dict[str, int]:
+def read_counters(stats_dir: str | Path) -> dict[str, int]:
     """Counters summed over every scheduler process that wrote into ``stats_dir``.
 
     Every name of the contract is present (0 when no process wrote it), so callers can compare
     snapshots without guarding keys. A missing directory reads as all zeros.
     """
-    return read_stats_detail(stats_dir)["counters"]
+    return read_counters_detail(stats_dir)["counters"]
 
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
