@@ -49,6 +49,7 @@ BACKEND = "sage_attn"
 # patches/*/manifest.toml). Others are refused unless ANY_VERSION_ENV is set (the API check still runs).
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.5.17",)
 ANY_VERSION_ENV = "SGLANG_SAGE_PLUGIN_ANY_VERSION"
+BACKEND_MODULE_FILE = "sglang/srt/layers/attention/sage_attn_backend.py"  # what the factory imports
 _PREFIX = "sage_attn plugin: "
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 _JIT_FILE_KWARGS = {"cuda_files": "external_cuda_files", "cpp_files": "external_cpp_files"}
@@ -248,31 +249,34 @@ def _register() -> None:
     choices = getattr(server_args, "ATTENTION_BACKEND_CHOICES", None)
     backends = getattr(registry, "ATTENTION_BACKENDS", None)
 
-    # 1. a tree that already carries sage_attn (apply.py) wins; a half-patched one gets nothing from us
+    # 1. a tree that registers sage_attn itself and has its backend module (apply.py ran, maybe an older one)
+    #    wins: registering again would compete with it. A half-patched tree gets nothing from us.
     files = overlay_files(root)
     present = [rel for rel in files if (stock_pkg.parent / rel).exists()]
     has_choice = isinstance(choices, list) and BACKEND in choices
     has_backend = isinstance(backends, dict) and BACKEND in backends
+    where = f"SGLang {version} at {stock_pkg}"
+    if has_choice and has_backend and (stock_pkg.parent / BACKEND_MODULE_FILE).is_file():
+        factory = backends[BACKEND]  # type: ignore[index]
+        owner = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', '?')}"
+        differ = [rel for rel in files if rel not in present or _sha256(stock_pkg.parent / rel) != _sha256(root / rel)]
+        if differ:
+            _finish(
+                "deferred",
+                f"{where} already registers sage_attn ({owner}), from other sglang-sage files ({len(differ)} of "
+                f"{len(files)} differ or are missing, e.g. {differ[0]}; see `python apply.py status --sglang-dir "
+                f"{stock_pkg.parent}`): the plugin defers to it",
+                logging.WARNING,
+                differ,
+            )
+        else:
+            _finish(
+                "deferred",
+                f"{where} already has the sage_attn overlay applied ({owner}): the plugin defers to it",
+                logging.INFO,
+            )
+        return
     if present or has_choice or has_backend:
-        where = f"SGLang {version} at {stock_pkg}"
-        if len(present) == len(files) and has_choice and has_backend:
-            differ = [rel for rel in files if _sha256(stock_pkg.parent / rel) != _sha256(root / rel)]
-            if differ:
-                _finish(
-                    "deferred",
-                    f"{where} already has sage_attn applied, from other sglang-sage files "
-                    f"({len(differ)} of {len(files)} differ, e.g. {differ[0]}; see `python apply.py status "
-                    f"--sglang-dir {stock_pkg.parent}`): the plugin defers to the tree's copy",
-                    logging.WARNING,
-                    differ,
-                )
-            else:
-                _finish(
-                    "deferred",
-                    f"{where} already has the sage_attn overlay applied (apply.py): the plugin defers to it",
-                    logging.INFO,
-                )
-            return
         _refuse(
             f"{where} is partially patched for sage_attn (overlay files present: {len(present)} of "
             f"{len(files)}, choice in server_args: {'yes' if has_choice else 'no'}, backend in "

@@ -239,8 +239,16 @@ def test_applied_tree_defers(editable_site: Path, installed: Path, capsys: pytes
     out = run_harness(installed, sitedirs=[editable_site])
     assert out["state"]["status"] == "deferred"
     msg = one_plugin_line(out, "WARNING")
-    assert "from other sglang-sage files" in msg and OVERLAY_BACKEND in msg
+    assert "from other sglang-sage files (1 of" in msg and OVERLAY_BACKEND in msg
+    assert "attention_registry.create_sage_attn_backend" in msg
     assert out["choice_count"] == 1 and out["finders"] == 0
+
+    # applied by an older sglang-sage that lacked a file this one has: still the tree's registration, not ours
+    (installed / "sglang/srt/layers/attention/sage_attn/reference.py").unlink()
+    out = run_harness(installed, sitedirs=[editable_site])
+    assert out["state"]["status"] == "deferred"
+    assert "(2 of" in one_plugin_line(out, "WARNING")
+    assert out["choice_count"] == 1 and out["finders"] == 0 and not out["factory_is_plugin"]
 
 
 @pytest.mark.parametrize("half", ["overlay-only", "patch-only"])
