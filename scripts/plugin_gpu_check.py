@@ -258,19 +258,12 @@ def step_engine(tp: int, timeout: float) -> dict[str, Any]:
     out = LOGS / f"engine_tp{tp}.json"
     out.unlink(missing_ok=True)
     log = LOGS / f"engine_tp{tp}.log"
-    with open(log, "w") as fh:
-        try:
-            p = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--child-engine", str(out), "--tp", str(tp)],
-                env=child_env(stats),
-                cwd=RUN_DIR,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
-            rc: int | None = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = None
+    sys.path.insert(0, str(REPO))
+    from sglang_sage.verify.procs import Proc
+
+    # own process group: a timeout takes the Engine's spawned scheduler processes down with it
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-engine", str(out), "--tp", str(tp)]
+    rc = Proc(f"engine_tp{tp}", cmd, child_env(stats), log, cwd=str(RUN_DIR)).wait(timeout)
     res = json.loads(out.read_text()) if out.is_file() else {}
     st = stats_of(stats)
     c = st["counters"]
@@ -389,6 +382,10 @@ def main() -> int:
         child_engine(a.child_engine, a.tp)
         return 0
     t_end = time.time() + a.budget_s
+    sys.path.insert(0, str(REPO))
+    from sglang_sage.verify.procs import install_cleanup
+
+    install_cleanup()  # SIGTERM (the shell's timeout) / exit: no SGLang process outlives this script
     a.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(LOGS, ignore_errors=True)
     LOGS.mkdir(parents=True)
