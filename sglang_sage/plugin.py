@@ -205,6 +205,7 @@ def _sglang_version(stock_pkg: Path) -> str | None:
 
 
 def _finish(status: str, message: str, level: int, details: Sequence[str] = ()) -> None:
+    message = " ".join(message.split())  # one log line, whatever an exception text carried
     STATE.status, STATE.message, STATE.details = status, message, list(details)
     logger.log(level, _PREFIX + message)
 
