@@ -10,10 +10,12 @@
 #   bash scripts/gpu_session.sh e2e      # benchmarks/bench_e2e.py (Llama-3.1-8B geometry, dummy weights)
 #   bash scripts/gpu_session.sh profile  # Nsight Compute: sage_attn fwd + pack vs cuDNN SDPA at 32K
 #   bash scripts/gpu_session.sh floor    # scripts/agreement_floor.py: top-1 agreement triton/flashinfer/sage
+#   bash scripts/gpu_session.sh plugin   # scripts/plugin_gpu_check.py: pristine /tmp/site + the sglang-sage wheel only
+#                                        # (SGLang plugin): Engine, launch_server, sglang serve hybrid (~3 min)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|e2e|floor|profile}"
+phase="${1:?phase: build|tests|verify|e2e|floor|profile|plugin}"
 
 env_setup() {
   if [ -d .whl ] && ! PYTHONPATH=/tmp/site python3 -c "import git, unidiff, tomlkit" 2>/dev/null; then
@@ -71,6 +73,12 @@ case "$phase" in
     timeout 200 $NCU --set full -k regex:'fmha|sdpa|cudnn|flash' --launch-skip 2 --launch-count 1 \
       python3 scripts/profile_sage_kernel.py cudnn >"$OUT/ncu_cudnn_sdpa.txt" 2>&1; echo "ncu cudnn rc=$?"
     grep -E "^  [a-zA-Z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc A|Block Limit Reg|Stall" "$OUT"/ncu_*.txt | head -80
+    ;;
+  plugin)
+    # Reverts /tmp/site to pristine when an earlier phase applied it; writes plugin_evidence.json + plugin_logs.tgz
+    env_setup
+    timeout 560 python3 scripts/plugin_gpu_check.py --out "$OUT" --budget-s 520 2>&1 | tee "$OUT/plugin.log" | grep -v Warning | tail -40
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('verdict:', d['verdict']); [print(k, v.get('ok'), v.get('criteria', v.get('error', ''))) for k, v in d['steps'].items()]" "$OUT/plugin_evidence.json"
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

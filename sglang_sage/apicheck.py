@@ -546,13 +546,19 @@ def _sglang_bases_info(
     return merged
 
 
-def check(overlay_root: Path, layout: Layout) -> list[Miss]:
-    """Check every .py file of an overlay (`overlay_root` holds sglang/ and test/) against a tree."""
+def check(overlay_root: Path, layout: Layout, include_tests: bool = True) -> list[Miss]:
+    """Check every .py file of an overlay (`overlay_root` holds sglang/ and test/) against a tree.
+
+    `include_tests=False` checks only `sglang/**`: the SGLang plugin (sglang_sage.plugin) loads the
+    package files alone, and a wheel install ships no overlay tests.
+    """
     pkg_overlay = overlay_root / "sglang"
     src = Sources(layout, overlay_root)
     misses: list[Miss] = []
     for path in sorted(overlay_root.rglob("*.py")):
         if "__pycache__" in path.parts:
+            continue
+        if not include_tests and pkg_overlay not in path.parents:
             continue
         if pkg_overlay in path.parents:
             misses += check_file(path, pkg_overlay, src, overlay_root.parent)
