@@ -379,13 +379,18 @@ def _usable_floor(s: dict, f: Any, inp: Inputs, ftab: dict | None, key: str) -> 
     return f, ""
 
 
+def _gap_note(gap: float) -> str:
+    """sage's top-1 distance to the floor in words (a gap may be negative: sage above the floor)."""
+    return f"{100 * abs(gap):.2f} points {'below' if gap > 0 else 'above'} the floor" if gap else "equal to the floor"
+
+
 def _vs_floor(c: Check, label: str, s: dict, f: dict | None, why: str, inp: Inputs) -> None:
     """The floor-relative criteria of one bucket (or of all positions pooled): top-1 agreement at most
     ``top1_max_gap_to_floor`` points below the floor's, mean KL within max(factor x floor, minimum); p99 KL
     beside the floor's (informational)."""
     t = inp.thresholds
     gap = t["top1_max_gap_to_floor"]
-    n_top1 = f"{label}top-1 agreement (≥ floor − {gap:g} points)"
+    n_top1 = f"{label}top-1 agreement (≥ floor − {gap:g} point{'' if gap == 1 else 's'})"
     n_kl = f"{label}mean KL(baseline‖sage) (≤ max({t['kl_floor_factor']:g} × floor, {t['kl_min_limit']:g}))"
     if f is None:
         for name, value, unit in ((n_top1, s["top1_agreement"], ""), (n_kl, s["mean_kl"], "nats/token")):
@@ -394,7 +399,7 @@ def _vs_floor(c: Check, label: str, s: dict, f: dict | None, why: str, inp: Inpu
         c.add(f"{label}p99 KL", s["p99_kl"], unit="nats/token")
         return
     c.add(n_top1, s["top1_agreement"], ">=", round(f["top1_agreement"] - gap / 100, 10), floor=f["top1_agreement"],
-          note=f"{100 * (f['top1_agreement'] - s['top1_agreement']):+.2f} points below the floor")
+          note=_gap_note(f["top1_agreement"] - s["top1_agreement"]))
     c.add(n_kl, s["mean_kl"], "<=", kl_limit(f["mean_kl"], t), "nats/token", floor=f["mean_kl"],
           note=f"{s['mean_kl'] / f['mean_kl']:.2f} × floor" if f["mean_kl"] > 0 else "floor KL is 0")
     c.add(f"{label}p99 KL", s["p99_kl"], unit="nats/token", floor=f["p99_kl"])

@@ -1,8 +1,12 @@
 """``python verify.py``: measure sage_attn against a baseline backend and write a report.
 
 Stages (each a subprocess with its own timeout; a failure becomes failed/errored checks in the
-report instead of a crash): baseline Engine → sage Engine → drift (HF model) ‖ HTTP server. The
-orchestrator itself never touches CUDA beyond asking whether a GPU exists.
+report instead of a crash), one engine start per backend and model: baseline → sage → floor (another
+exact backend, accuracy only; the drift stage's HF model runs beside it) → compared configurations
+(``--compare-config``) → HTTP server → the speed model's engines (``--speed-model``). A stage that no
+longer fits the time budget is skipped and recorded; ``--resume`` reuses finished stages of an unchanged
+job, so one verification may span two device calls. The orchestrator itself never touches CUDA beyond
+asking whether a GPU exists.
 
 Exit codes: 0 all selected checks pass (or do not apply), 1 a check failed or could not be
 measured, 2 usage error, 3 no CUDA GPU, 4 setup error (no model, sglang missing, overlay not applied).

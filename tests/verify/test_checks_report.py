@@ -273,7 +273,7 @@ def test_top1_is_judged_against_the_floor_not_an_absolute_99(tmp_path, inputs):
     top1 = crit(c["logits"], "top-1 agreement")
     assert top1.value == pytest.approx(0.972) and top1.floor == pytest.approx(0.98)
     assert top1.threshold == pytest.approx(0.97) and top1.passed
-    assert "+0.80 points below the floor" in top1.note
+    assert "0.80 points below the floor" in top1.note
     assert crit(c["context"], "long (context").passed
     set_sage(tmp_path, inputs, flip=0.031)  # 1.1 points below the floor
     c = by_id(ck.evaluate(inputs, ["logits", "context"], SPECS)[0])
