@@ -78,8 +78,10 @@ def plot_buckets(buckets: dict[str, Any], floor: dict[str, Any] | None, threshol
         gap = thresholds["top1_max_gap_to_floor"]
         fx = [i for i, n in enumerate(names) if isinstance(floor.get(n), dict) and "top1_agreement" in floor[n]]
         axes[0].plot(fx, [100 * floor[names[i]]["top1_agreement"] - gap for i in fx], "r_", ms=24, mew=2,
-                     label=f"limit: floor − {gap:g} points")
-        lo = min(100 * floor[names[i]]["top1_agreement"] - gap for i in fx) if fx else 90.0
+                     label=f"limit: floor − {gap:g} point{'' if gap == 1 else 's'}")
+        shown = [100 * tab[n]["top1_agreement"] for _, tab in series for n in names
+                 if isinstance((tab or {}).get(n), dict) and "top1_agreement" in tab[n]]
+        lo = min(shown + [100 * floor[names[i]]["top1_agreement"] - gap for i in fx])
         axes[0].set_ylim(max(0.0, lo - 2.0), 100.0)
     lim = [i for i, n in enumerate(names) if (kl_limits or {}).get(n) is not None]
     if lim:
@@ -95,7 +97,8 @@ def plot_buckets(buckets: dict[str, Any], floor: dict[str, Any] | None, threshol
     return path
 
 
-def plot_throughput(table: dict[str, Any], path: Path, title: str = "throughput") -> Path:
+def plot_throughput(table: dict[str, Any], path: Path, title: str = "throughput",
+                    min_ratio: float | None = None) -> Path:
     """Grouped bars per (shape, batch): the metric that matters (prefill: input tok/s, decode: output tok/s)
     relative to the baseline, for sage and every compared configuration; TTFT beside it."""
     plt = _plt()
@@ -117,11 +120,13 @@ def plot_throughput(table: dict[str, Any], path: Path, title: str = "throughput"
         a1.bar(xs, [by[k][m] / by_b[k][m] for k, m in zip(keys, metric) if k in by], width, label=name)
         a2.bar(xs, [1000 * (by[k]["ttft_s"] or 0) for k in keys if k in by], width, label=name)
     a1.axhline(1.0, color="gray", lw=0.8)
+    if min_ratio is not None:
+        a1.axhline(min_ratio, color="red", ls="--", lw=1, label=f"sage limit {min_ratio:g}×")
     for a in (a1, a2):
         a.set_xticks(list(range(len(keys))), labels, fontsize=7)
         a.grid(True, axis="y", alpha=0.3)
         a.legend(fontsize=7)
-    a1.set_ylabel("tokens/s relative to the baseline (prefill: input, decode: output)")
+    a1.set_ylabel("tok/s ÷ baseline (prefill: in, decode: out)")
     a1.set_title(title)
     a2.set_ylabel("TTFT (ms)")
     a2.set_yscale("log")
@@ -140,11 +145,13 @@ def make_all(tables: dict[str, Any], thresholds: dict[str, float], out_dir: Path
                                                       tables.get("compare"), tables.get("kl_limits"),
                                                       tables.get("floor_backend") or "floor"),
         "throughput.png": lambda p: plot_throughput(tables.get("throughput") or {}, p,
-                                                    f"throughput: {(tables.get('throughput') or {}).get('model')}"),
+                                                    f"throughput: {(tables.get('throughput') or {}).get('model')}",
+                                                    thresholds.get("prefill_min_ratio")),
     }
     if tables.get("speed"):
         jobs["throughput_speed_model.png"] = lambda p: plot_throughput(
-            tables["speed"], p, f"throughput: {tables['speed'].get('model')} (dummy weights)")
+            tables["speed"], p, f"throughput: {tables['speed'].get('model')} (dummy weights)",
+            thresholds.get("prefill_min_ratio"))
     out: dict[str, str] = {}
     for name, fn in jobs.items():
         try:
