@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from . import corpus, passkey
+from .corpus import random_tokens
 from .metrics import plan_windows
 
 BUCKETS = ("short", "medium", "long")
@@ -157,7 +158,7 @@ def speed_plan(prompts: list[int], batches: list[int], decode_tokens: int, quick
 def build_speed(vocab_size: int, prompts: list[int], batches: list[int], decode_tokens: int, quick: bool) -> dict:
     """The speed model's workload: random token ids (dummy weights, no tokenizer) and the throughput shapes."""
     shapes, left_out = speed_plan(prompts, batches, decode_tokens, quick)
-    tokens = corpus.random_tokens(max(200_000, 4 * max(prompts)), vocab_size, seed=1)
+    tokens = random_tokens(max(200_000, 4 * max(prompts)), vocab_size, seed=1)
     return {"tokens": tokens, "throughput": shapes, "left_out": left_out}
 
 
