@@ -5,7 +5,11 @@
 #
 #   bash scripts/gpu_session.sh build    # setup.sh build, apply.py --no-tests, kernel benchmark
 #   bash scripts/gpu_session.sh tests    # apply.py test: the registered sage_attn tests, full log
-#   bash scripts/gpu_session.sh verify   # verify.py with SmolLM2
+#   bash scripts/gpu_session.sh verify        # verify.py, SmolLM2: baseline, sage, floor, fa3+fp8_e4m3, drift, HTTP (~7 min)
+#   bash scripts/gpu_session.sh verify-speed  # the same run continued (--resume): + check 4 on the Llama-3.1-8B
+#                                             # geometry, dummy weights (~7.5 min); run it right after `verify`
+#                                             # (same warm machine: it reuses /tmp/verify-work); its report is the full one
+#   VERIFY_ARGS="--baseline-backend fa3 --floor-backend flashinfer" bash scripts/gpu_session.sh verify  # other choices
 # Set SGLANG_SAGE_GIT_COMMIT=<commit of the sent tree> for every phase: the device copy's .git may be stale.
 #   bash scripts/gpu_session.sh e2e      # benchmarks/bench_e2e.py (Llama-3.1-8B geometry, dummy weights)
 #   bash scripts/gpu_session.sh profile  # Nsight Compute: sage_attn fwd + pack vs cuDNN SDPA at 32K
@@ -15,7 +19,10 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|e2e|floor|profile|plugin}"
+phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90}"
+VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
+# shellcheck disable=SC2206
+VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
 
 env_setup() {
   if [ -d .whl ] && ! PYTHONPATH=/tmp/site python3 -c "import git, unidiff, tomlkit" 2>/dev/null; then
@@ -46,10 +53,18 @@ case "$phase" in
     echo "apply test rc=$?"
     grep -E "PASSED|FAILED|ERROR|passed|failed|agreement|counters|cosine" "$OUT/registered_tests.log" | tail -60
     ;;
-  verify)
+  verify|verify-speed)
     env_setup
-    timeout 560 python3 verify.py --out "$OUT/verify" 2>&1 | tee "$OUT/verify.log" | tail -60
-    if [ -d "$OUT/verify/logs" ]; then tar czf "$OUT/verify_logs.tgz" -C "$OUT/verify" logs && rm -rf "$OUT/verify/logs"; fi
+    # at most 8 files come back: report.json/.md, 4 PNGs, verify.log, verify_logs.tgz (stage logs + job files)
+    if [ "$phase" = verify ]; then
+      timeout 590 "${VERIFY[@]}" --time-budget 560 2>&1 | tee "$OUT/verify.log" | grep -v Warning | tail -60
+    else
+      timeout 590 "${VERIFY[@]}" --speed-model --resume --time-budget 560 2>&1 | tee "$OUT/verify.log" | grep -v Warning | tail -60
+    fi
+    if [ -d "$OUT/verify/logs" ]; then
+      cp "$VERIFY_WORK"/job_*.json "$OUT/verify/logs/" 2>/dev/null
+      tar czf "$OUT/verify_logs.tgz" -C "$OUT/verify" logs && rm -rf "$OUT/verify/logs"
+    fi
     ls -la "$OUT" "$OUT/verify"
     ;;
   e2e)

@@ -21,30 +21,39 @@ from .workload import BUCKETS
 CHECK_IDS = ("runtime_flag", "logits", "perplexity", "throughput", "memory", "drift", "context", "determinism")
 CHECK_TITLES = {
     "runtime_flag": "1. runtime flag (default off; Engine + HTTP server; 8-bit kernels proven by counters)",
-    "logits": "2. logits, teacher-forced (all buckets pooled)",
+    "logits": "2. logits, teacher-forced (all buckets pooled), against the floor backend",
     "perplexity": "3. perplexity, sliding window (medium window)",
     "throughput": "4. throughput",
     "memory": "5. memory footprint",
     "drift": "6. activation precision drift over depth",
-    "context": "7. accuracy per context bucket (+ passkey)",
+    "context": "7. accuracy per context bucket (+ passkey), against the floor backend",
     "determinism": "determinism (greedy, repeats and cache states)",
 }
 ACCURACY_CHECKS = ("logits", "perplexity", "drift", "context")
 
 # name: (default, unit, why)
 THRESHOLDS: dict[str, tuple[float, str, str]] = {
-    "kl_max": (0.01, "nats/token",
-               "mean KL(baseline‖sage) is the expected extra log-loss per token when the sage model predicts text "
-               "the baseline would produce: 0.01 nats bounds that perplexity inflation to e^0.01 ≈ 1 %; the "
-               "noise-floor row (baseline re-run) shows what no change at all measures"),
-    "top1_min": (0.99, "fraction", "greedy decoding follows the arg-max: ≥ 99 % identical next-token choices"),
+    "top1_max_gap_to_floor": (1.0, "points",
+                              "top-1 agreement with the baseline may be at most this many percentage points below the "
+                              "floor's (another exact bf16 backend, same positions, same run): two exact kernels "
+                              "already disagree on 1.5-2 % of SmolLM2's arg-max decisions (near-ties compounding over "
+                              "30 layers), so an absolute 99 % is reachable by no kernel but the baseline itself"),
+    "kl_floor_factor": (3.0, "x floor",
+                        "mean KL(baseline‖sage) at most this multiple of KL(baseline‖floor): the 8-bit path may move "
+                        "the distribution a few times as far as a change of exact kernel does, not more"),
+    "kl_min_limit": (1e-3, "nats/token",
+                     "the KL limit is max(factor x floor, this): a floor near 0 must not demand bit-identical "
+                     "kernels; 1e-3 nats/token bounds the expected extra log-loss to 0.1 %"),
     "max_dlogprob_max": (2.0, "nats", "gross-error guard on the largest single log-prob change among shared top-K"),
-    "ppl_max_rel_delta": (0.002, "relative", "maintainer's bar: perplexity within 0.2 % of the baseline"),
+    "ppl_max_rel_delta": (0.002, "relative",
+                          "maintainer's bar: perplexity within 0.2 % of the baseline (absolute, not relative to the "
+                          "floor; the floor's Δ is shown beside it)"),
     "passkey_max_drop": (0.1, "accuracy", "sage may miss at most one trial in ten more than the baseline per bucket"),
-    "prefill_min_ratio": (0.5, "sage/baseline",
-                          "regression guard on input tok/s; speed-up claims need full-size geometry (--load-format "
-                          "dummy), not a 135M model"),
-    "decode_min_ratio": (0.8, "sage/baseline", "decode is delegated to the baseline's kernel: it must not get slower"),
+    "prefill_min_ratio": (0.95, "sage/baseline",
+                          "issue #11: an 8-bit backend is chosen for speed, so input tok/s must reach 0.95x the "
+                          "baseline on every row (SmolLM2 and, with --speed-model, the full-size geometry)"),
+    "decode_min_ratio": (0.95, "sage/baseline",
+                         "decode is delegated to the baseline's kernel: output tok/s within 5 % of the baseline"),
     "kv_capacity_min_ratio": (0.99, "sage/baseline", "8-bit attention must not shrink the KV pool (same cache dtype)"),
     "peak_extra_max_mib": (512.0, "MiB", "scratch for INT8 K/fp16 V copies is per layer and small"),
     "drift_local_max_rel_l2": (0.10, "relative L2",
@@ -52,8 +61,15 @@ THRESHOLDS: dict[str, tuple[float, str, str]] = {
                                "INT8/fp16 split QK with per-row scales gives ~1 % (cos ≥ 0.999); "
                                "10 % flags a broken kernel"),
     "drift_propagated_max_rel_l2": (0.25, "relative L2", "last layer after 30 layers of each run feeding itself"),
-    "drift_logits_kl_max": (0.01, "nats/token", "full-vocabulary KL of the final logits (HF model), as kl_max"),
+    "drift_logits_kl_max": (0.01, "nats/token",
+                            "full-vocabulary KL of the final logits (HF model vs the same model with bf16 SDPA): "
+                            "0.01 nats bounds the perplexity inflation to ~1 %"),
 }
+
+
+def kl_limit(floor_kl: float, t: dict[str, float]) -> float:
+    """The mean-KL limit against a measured floor: max(factor x floor, absolute minimum)."""
+    return max(t["kl_floor_factor"] * floor_kl, t["kl_min_limit"])
 
 
 def default_thresholds() -> dict[str, float]:
@@ -61,7 +77,7 @@ def default_thresholds() -> dict[str, float]:
 
 
 def parse_threshold_overrides(items: list[str] | None) -> dict[str, float]:
-    """``["kl_max=0.02", ...]`` → thresholds; unknown names are an error (a typo must not pass)."""
+    """``["kl_floor_factor=2", ...]`` → thresholds; unknown names are an error (a typo must not pass)."""
     out = default_thresholds()
     for item in items or []:
         if "=" not in item:
@@ -87,6 +103,7 @@ class Criterion:
     unit: str = ""
     note: str = ""
     passed: bool | None = None  # None = informational
+    floor: Any = None  # the same quantity measured for the floor backend (shown beside the value)
 
     def evaluate(self) -> Criterion:
         if self.op is not None:
@@ -108,8 +125,8 @@ class Check:
     error: str | None = None
 
     def add(self, name: str, value: Any, op: str | None = None, threshold: Any = None, unit: str = "",
-            note: str = "") -> Criterion:
-        c = Criterion(name, value, op, threshold, unit, note).evaluate()
+            note: str = "", floor: Any = None) -> Criterion:
+        c = Criterion(name, value, op, threshold, unit, note, floor=floor).evaluate()
         self.criteria.append(c)
         return c
 
@@ -205,14 +222,17 @@ def throughput_rows(results: dict) -> list[dict[str, Any]]:
     """Median-wall throughput and TTFT per (shape, batch)."""
     rows = []
     for r in (results.get("phases") or {}).get("throughput") or []:
+        kind = r.get("kind") or r.get("shape")
         if r.get("skipped") or not r.get("walls_s"):
-            rows.append({"shape": r.get("shape"), "batch": r.get("batch"), "skipped": r.get("skipped", "no data")})
+            rows.append({"shape": r.get("shape"), "kind": kind, "batch": r.get("batch"),
+                         "input_len": r.get("input_len"), "output_len": r.get("output_len"),
+                         "skipped": r.get("skipped", "no data")})
             continue
         med = metrics.median(r["walls_s"])
         ttft = r.get("mean_e2e_latency_s") if r["output_len"] == 1 else r.get("ttft_mean_latency_s")
         if ttft is None:
             ttft = med if r["output_len"] == 1 else r.get("ttft_wall_s")
-        rows.append({"shape": r["shape"], "batch": r["batch"], "input_len": r["input_len"],
+        rows.append({"shape": r["shape"], "kind": kind, "batch": r["batch"], "input_len": r["input_len"],
                      "output_len": r["output_len"], "wall_s": med,
                      "input_tok_s": metrics.tokens_per_second(r["input_tokens"], med),
                      "output_tok_s": metrics.tokens_per_second(r["output_tokens"], med),
@@ -236,6 +256,13 @@ class Inputs:
     accuracy_applicable: bool = True
     notes: dict[str, str] = field(default_factory=dict)
     overlay: dict | None = None  # envinfo.overlay_match: is the installed backend this checkout's code?
+    floor: dict | None = None  # the floor backend's engine (accuracy phase only)
+    floor_backend: str = "flashinfer"
+    compare: dict[str, dict | None] = field(default_factory=dict)  # extra configurations, e.g. fa3+fp8_e4m3
+    speed: dict[str, dict | None] | None = None  # --speed-model engines: baseline, sage, compare names; None = off
+    model_label: str = "model"
+    speed_label: str = "speed model"
+    speed_left_out: list[str] = field(default_factory=list)
 
 
 def _stage_error(name: str, res: dict | None) -> str | None:
@@ -329,7 +356,56 @@ def check_runtime_flag(inp: Inputs) -> Check:
     return c.finish()
 
 
-def check_logits(inp: Inputs, buckets: dict, floor: dict | None) -> Check:
+def _floor_why(inp: Inputs, ftab: dict | None, key: str) -> str:
+    """Why the floor has no row ``key`` (stage failure, bucket error, or simply not measured)."""
+    err = _stage_error(f"floor ({inp.floor_backend})", inp.floor)
+    if err:
+        return err
+    row = (ftab or {}).get(key)
+    if isinstance(row, dict) and row.get("error"):
+        return str(row["error"])[:300]
+    return "not measured"
+
+
+def _usable_floor(s: dict, f: Any, inp: Inputs, ftab: dict | None, key: str) -> tuple[dict | None, str]:
+    """The floor's row for bucket ``key`` when it was scored on exactly sage's positions, else (None, why).
+
+    Token ids are checked against the baseline's per bucket (``compare_bucket``), so equal position
+    counts over the same buckets mean the same positions."""
+    if not isinstance(f, dict) or "mean_kl" not in f:
+        return None, _floor_why(inp, ftab, key)
+    if f.get("positions") != s.get("positions"):
+        return None, f"floor scored {f.get('positions')} positions, sage {s.get('positions')}: not the same positions"
+    return f, ""
+
+
+def _gap_note(gap: float) -> str:
+    """sage's top-1 distance to the floor in words (a gap may be negative: sage above the floor)."""
+    return f"{100 * abs(gap):.2f} points {'below' if gap > 0 else 'above'} the floor" if gap else "equal to the floor"
+
+
+def _vs_floor(c: Check, label: str, s: dict, f: dict | None, why: str, inp: Inputs) -> None:
+    """The floor-relative criteria of one bucket (or of all positions pooled): top-1 agreement at most
+    ``top1_max_gap_to_floor`` points below the floor's, mean KL within max(factor x floor, minimum); p99 KL
+    beside the floor's (informational)."""
+    t = inp.thresholds
+    gap = t["top1_max_gap_to_floor"]
+    n_top1 = f"{label}top-1 agreement (≥ floor − {gap:g} point{'' if gap == 1 else 's'})"
+    n_kl = f"{label}mean KL(baseline‖sage) (≤ max({t['kl_floor_factor']:g} × floor, {t['kl_min_limit']:g}))"
+    if f is None:
+        for name, value, unit in ((n_top1, s["top1_agreement"], ""), (n_kl, s["mean_kl"], "nats/token")):
+            crit = c.add(name, value, unit=unit, note=f"floor ({inp.floor_backend}) not measured: {why}")
+            crit.passed = False
+        c.add(f"{label}p99 KL", s["p99_kl"], unit="nats/token")
+        return
+    c.add(n_top1, s["top1_agreement"], ">=", round(f["top1_agreement"] - gap / 100, 10), floor=f["top1_agreement"],
+          note=_gap_note(f["top1_agreement"] - s["top1_agreement"]))
+    c.add(n_kl, s["mean_kl"], "<=", kl_limit(f["mean_kl"], t), "nats/token", floor=f["mean_kl"],
+          note=f"{s['mean_kl'] / f['mean_kl']:.2f} × floor" if f["mean_kl"] > 0 else "floor KL is 0")
+    c.add(f"{label}p99 KL", s["p99_kl"], unit="nats/token", floor=f["p99_kl"])
+
+
+def check_logits(inp: Inputs, buckets: dict, floor: dict | None, compare: dict[str, dict]) -> Check:
     t = inp.thresholds
     c = Check("logits", CHECK_TITLES["logits"])
     if not inp.accuracy_applicable:
@@ -341,20 +417,28 @@ def check_logits(inp: Inputs, buckets: dict, floor: dict | None) -> Check:
         c.error = "no teacher-forced data from both backends: " + "; ".join(
             f"{k}: {v.get('error')}" for k, v in buckets.items() if isinstance(v, dict) and v.get("error"))
         return c.finish()
-    c.add("mean KL(baseline‖sage), coarse top-K (lower bound)", pooled["mean_kl"], "<=", t["kl_max"], "nats/token")
-    c.add("top-1 agreement", pooled["top1_agreement"], ">=", t["top1_min"])
-    c.add("max |Δ log-prob| over shared top-K", pooled["max_abs_dlogprob"], "<=", t["max_dlogprob_max"], "nats")
-    c.add("positions compared", pooled["positions"])
-    c.add("p99 KL", pooled["p99_kl"], unit="nats/token")
-    c.add("top-K sets identical", pooled["topk_set_equal"])
-    c.add("mean |Δ NLL| of the actual next token", pooled["mean_abs_dnll"], unit="nats")
-    if floor and floor.get("pooled"):
-        c.add("noise floor: baseline vs baseline re-run, mean KL", floor["pooled"]["mean_kl"], unit="nats/token")
-        c.add("noise floor: top-1 agreement", floor["pooled"]["top1_agreement"])
+    fp, why = _usable_floor(pooled, (floor or {}).get("pooled"), inp, floor, "pooled")
+    c.info["floor_backend"] = inp.floor_backend
+    _vs_floor(c, "", pooled, fp, why, inp)
+    c.add("max |Δ log-prob| over shared top-K", pooled["max_abs_dlogprob"], "<=", t["max_dlogprob_max"], "nats",
+          floor=(fp or {}).get("max_abs_dlogprob"))
+    c.add("positions compared", pooled["positions"], floor=(fp or {}).get("positions"))
+    c.add("top-K sets identical", pooled["topk_set_equal"], floor=(fp or {}).get("topk_set_equal"))
+    c.add("mean |Δ NLL| of the actual next token", pooled["mean_abs_dnll"], unit="nats",
+          floor=(fp or {}).get("mean_abs_dnll"))
+    for name, tab in compare.items():
+        cp = (tab or {}).get("pooled")
+        if not cp:
+            c.add(f"{name} vs baseline", None, note="not measured (see its stage)")
+            continue
+        c.add(f"{name} vs baseline: top-1 agreement", cp["top1_agreement"], floor=(fp or {}).get("top1_agreement"),
+              note=f"{cp['positions']} positions")
+        c.add(f"{name} vs baseline: mean KL", cp["mean_kl"], unit="nats/token", floor=(fp or {}).get("mean_kl"))
     return c.finish()
 
 
-def check_perplexity(inp: Inputs, buckets: dict, floor: dict | None, primary: str = "medium") -> Check:
+def check_perplexity(inp: Inputs, buckets: dict, floor: dict | None, compare: dict[str, dict],
+                     primary: str = "medium") -> Check:
     t = inp.thresholds
     c = Check("perplexity", CHECK_TITLES["perplexity"])
     if not inp.accuracy_applicable:
@@ -365,25 +449,34 @@ def check_perplexity(inp: Inputs, buckets: dict, floor: dict | None, primary: st
         c.status = "error"
         c.error = f"{primary} bucket not measured: {(b or {}).get('error', 'missing')}"
         return c
+    f, why = _usable_floor(b, (floor or {}).get(primary), inp, floor, primary)
     c.add("perplexity baseline", b["ppl_baseline"], ">=", 1.0, note="≥ 1 by construction")
-    c.add("perplexity sage", b["ppl_sage"], ">=", 1.0, note="≥ 1 by construction")
-    c.add("|relative Δ perplexity|", abs(b["ppl_rel_delta"]), "<=", t["ppl_max_rel_delta"])
+    c.add("perplexity sage", b["ppl_sage"], ">=", 1.0, note="≥ 1 by construction (floor column: the floor's)",
+          floor=None if f is None else f["ppl_sage"])
+    c.add("|relative Δ perplexity|", abs(b["ppl_rel_delta"]), "<=", t["ppl_max_rel_delta"],
+          floor=None if f is None else abs(f["ppl_rel_delta"]),
+          note="" if f is not None else f"floor ({inp.floor_backend}): {why}")
     c.add("scored tokens", b["positions"])
-    if floor and floor.get(primary) and "ppl_rel_delta" in floor[primary]:
-        c.add("noise floor: baseline re-run relative Δ", floor[primary]["ppl_rel_delta"])
+    for name, tab in compare.items():
+        cb = (tab or {}).get(primary) or {}
+        if "ppl_rel_delta" in cb:
+            c.add(f"{name}: |relative Δ perplexity|", abs(cb["ppl_rel_delta"]),
+                  floor=None if f is None else abs(f["ppl_rel_delta"]))
     return c.finish()
 
 
-def check_context(inp: Inputs, buckets: dict, pk_base: dict, pk_sage: dict, bucket_specs: dict) -> Check:
+def check_context(inp: Inputs, buckets: dict, floor: dict | None, pk_base: dict, pk_sage: dict,
+                  bucket_specs: dict) -> Check:
     t = inp.thresholds
     c = Check("context", CHECK_TITLES["context"])
     if not inp.accuracy_applicable:
         c.status, c.error = "n/a", inp.notes.get("accuracy", "not applicable")
         return c
+    c.info["floor_backend"] = inp.floor_backend
     for name in BUCKETS:
         spec = bucket_specs.get(name)
         if spec is None:
-            crit = c.add(f"{name}: bucket", "not applicable", note="model context too short for ≥ 7K tokens")
+            c.add(f"{name}: bucket", "not applicable", note="model context too short for ≥ 7K tokens")
             continue
         label = f"{name} (context ≥ {spec['min_context']}, window {spec['window']})"
         b = buckets.get(name) or {}
@@ -391,9 +484,10 @@ def check_context(inp: Inputs, buckets: dict, pk_base: dict, pk_sage: dict, buck
             crit = c.add(f"{label}: teacher-forced data", b.get("error", "missing"))
             crit.passed = False
         else:
-            c.add(f"{label}: mean KL", b["mean_kl"], "<=", t["kl_max"], "nats/token")
-            c.add(f"{label}: top-1 agreement", b["top1_agreement"], ">=", t["top1_min"])
+            f, why = _usable_floor(b, (floor or {}).get(name), inp, floor, name)
+            _vs_floor(c, f"{label}: ", b, f, why, inp)
             c.add(f"{label}: |Δ perplexity|", abs(b["ppl_rel_delta"]), "<=", t["ppl_max_rel_delta"],
+                  floor=None if f is None else abs(f["ppl_rel_delta"]),
                   note=f"ppl {b['ppl_baseline']:.4f} → {b['ppl_sage']:.4f}")
         pb, ps = pk_base.get(name), pk_sage.get(name)
         if pb is None or ps is None:
@@ -405,29 +499,58 @@ def check_context(inp: Inputs, buckets: dict, pk_base: dict, pk_sage: dict, buck
     return c.finish()
 
 
-def check_throughput(inp: Inputs, rows_b: list, rows_s: list) -> Check:
+def _tp_key(r: dict) -> tuple:
+    return (r.get("shape"), r.get("batch"))
+
+
+def _throughput_criteria(c: Check, label: str, rows_b: list, rows_s: list, t: dict[str, float],
+                         why_missing: str) -> None:
+    """sage/baseline per (shape, batch) of one model: prefill rows by input tok/s, decode rows by output
+    tok/s. Every row either side planned is judged: a row missing or skipped on either side fails."""
+    by_b, by_s = {_tp_key(r): r for r in rows_b}, {_tp_key(r): r for r in rows_s}
+    keys = list(by_b) + [k for k in by_s if k not in by_b]
+    if not keys:
+        crit = c.add(f"{label}: throughput rows", None, note=why_missing or "no throughput data")
+        crit.passed = False
+        return
+    for key in keys:
+        b, s = by_b.get(key), by_s.get(key)
+        ref = b or s
+        kind = ref.get("kind") or ref.get("shape")
+        name = f"{label}: {ref['shape']} (prompt {ref.get('input_len')}, {ref.get('output_len')} new), batch {key[1]}"
+        if not b or not s or b.get("skipped") or s.get("skipped"):
+            why = ((s or {}).get("skipped") or (b or {}).get("skipped")
+                   or ("sage row missing" if not s else "baseline row missing"))
+            crit = c.add(name, None, note=str(why))
+            crit.passed = False
+            continue
+        metric, thr = ("input_tok_s", "prefill_min_ratio") if kind == "prefill" else ("output_tok_s",
+                                                                                     "decode_min_ratio")
+        what = "input tok/s" if metric == "input_tok_s" else "output tok/s"
+        c.add(f"{name}: {what} sage/baseline", s[metric] / b[metric], ">=", t[thr],
+              note=f"{b[metric]:,.0f} → {s[metric]:,.0f} tok/s; TTFT {_ms(b['ttft_s'])} → {_ms(s['ttft_s'])}")
+
+
+def check_throughput(inp: Inputs, tp: dict, speed: dict | None) -> Check:
     t = inp.thresholds
     c = Check("throughput", CHECK_TITLES["throughput"])
     err = _stage_error("baseline", inp.base) or _stage_error("sage", inp.sage)
-    if err:
+    if err and speed is None:
         c.status, c.error = "error", err
         return c
-    by_b = {(r["shape"], r["batch"]): r for r in rows_b}
-    for r in rows_s:
-        key = (r["shape"], r["batch"])
-        b = by_b.get(key)
-        name = f"{r['shape']}-heavy, batch {r['batch']}"
-        if r.get("skipped") or not b or b.get("skipped"):
-            crit = c.add(name, None, note=str(r.get("skipped") or (b or {}).get("skipped") or "baseline missing"))
-            crit.passed = False
-            continue
-        metric, thr = ("input_tok_s", "prefill_min_ratio") if r["shape"] == "prefill" else ("output_tok_s",
-                                                                                            "decode_min_ratio")
-        label = "input tok/s" if metric == "input_tok_s" else "output tok/s"
-        c.add(f"{name}: {label} sage/baseline", r[metric] / b[metric], ">=", t[thr],
-              note=f"{b[metric]:,.0f} → {r[metric]:,.0f} tok/s; TTFT {_ms(b['ttft_s'])} → {_ms(r['ttft_s'])}")
-    if not rows_s:
-        c.error = "no throughput data: " + str(_phase_error(inp.sage or {}, "throughput") or "")[:500]
+    why = err or str(_phase_error(inp.sage or {}, "throughput") or _phase_error(inp.base or {}, "throughput") or "")
+    _throughput_criteria(c, inp.model_label, tp["baseline"], tp["sage"], t, why[:500])
+    if speed is not None:
+        res = inp.speed or {}
+        why = (_stage_error(f"{inp.speed_label} baseline", res.get("baseline"))
+               or _stage_error(f"{inp.speed_label} sage", res.get("sage")) or "")
+        _throughput_criteria(c, inp.speed_label, speed["baseline"], speed["sage"], t, why[:500])
+        stats = (res.get("sage") or {}).get("stats") or {}
+        counters = (stats.get("final") or stats.get("after_throughput") or {}).get("counters") or {}
+        c.add(f"{inp.speed_label}: sage prefill_8bit_layer_calls (the 8-bit path ran)",
+              counters.get("prefill_8bit_layer_calls"), ">", 0)
+        for note in speed.get("left_out") or []:
+            c.add(f"{inp.speed_label}: left out of the plan", note)
     return c.finish()
 
 
@@ -548,26 +671,44 @@ def evaluate(inp: Inputs, selected: list[str], bucket_specs: dict) -> tuple[list
     tables: dict[str, Any] = {}
     buckets: dict = {}
     floor: dict | None = None
+    compare: dict[str, dict] = {}
     if inp.accuracy_applicable and inp.base and inp.sage:
         buckets = bucket_table(inp.base, inp.sage)
-        if ((inp.base.get("phases") or {}).get("noise_floor")):
-            floor = bucket_table(inp.base, inp.base, "accuracy", "noise_floor")
-    tables["buckets"], tables["noise_floor"] = buckets, floor
+    if inp.accuracy_applicable and inp.base and inp.floor:
+        floor = bucket_table(inp.base, inp.floor)
+    if inp.accuracy_applicable and inp.base:
+        compare = {name: bucket_table(inp.base, res) if res else {} for name, res in inp.compare.items()}
+    tables["buckets"], tables["floor"], tables["compare"] = buckets, floor, compare
+    tables["floor_backend"] = inp.floor_backend
+    tables["kl_limits"] = {k: kl_limit(v["mean_kl"], inp.thresholds) for k, v in (floor or {}).items()
+                           if isinstance(v, dict) and "mean_kl" in v}
     pk_b = _safe(passkey_table, inp.base) if inp.accuracy_applicable else {}
     pk_s = _safe(passkey_table, inp.sage) if inp.accuracy_applicable else {}
-    tables["passkey"] = {"baseline": pk_b, "sage": pk_s}
-    rows_b, rows_s = _safe(throughput_rows, inp.base, []), _safe(throughput_rows, inp.sage, [])
-    tables["throughput"] = {"baseline": rows_b, "sage": rows_s}
+    pk_c = {name: _safe(passkey_table, res) for name, res in inp.compare.items()} if inp.accuracy_applicable else {}
+    tables["passkey"] = {"baseline": pk_b, "sage": pk_s, "compare": pk_c}
+    tp = {"model": inp.model_label, "baseline": _safe(throughput_rows, inp.base, []),
+          "sage": _safe(throughput_rows, inp.sage, []),
+          "compare": {name: _safe(throughput_rows, res, []) for name, res in inp.compare.items()}}
+    tables["throughput"] = tp
+    speed = None
+    if inp.speed is not None:
+        sp = inp.speed
+        speed = {"model": inp.speed_label, "baseline": _safe(throughput_rows, sp.get("baseline"), []),
+                 "sage": _safe(throughput_rows, sp.get("sage"), []),
+                 "compare": {name: _safe(throughput_rows, res, []) for name, res in sp.items()
+                             if name not in ("baseline", "sage")},
+                 "left_out": list(inp.speed_left_out)}
+    tables["speed"] = speed
     tables["memory"] = {"baseline": memory_summary(inp.base), "sage": memory_summary(inp.sage)}
     tables["drift"] = inp.drift
     makers = {
         "runtime_flag": lambda: check_runtime_flag(inp),
-        "logits": lambda: check_logits(inp, buckets, floor),
-        "perplexity": lambda: check_perplexity(inp, buckets, floor),
-        "throughput": lambda: check_throughput(inp, rows_b, rows_s),
+        "logits": lambda: check_logits(inp, buckets, floor, compare),
+        "perplexity": lambda: check_perplexity(inp, buckets, floor, compare),
+        "throughput": lambda: check_throughput(inp, tp, speed),
         "memory": lambda: check_memory(inp),
         "drift": lambda: check_drift(inp),
-        "context": lambda: check_context(inp, buckets, pk_b, pk_s, bucket_specs),
+        "context": lambda: check_context(inp, buckets, floor, pk_b, pk_s, bucket_specs),
         "determinism": lambda: check_determinism(inp),
     }
     checks = []

@@ -1,8 +1,12 @@
 """``python verify.py``: measure sage_attn against a baseline backend and write a report.
 
 Stages (each a subprocess with its own timeout; a failure becomes failed/errored checks in the
-report instead of a crash): baseline Engine → sage Engine → drift (HF model) ‖ HTTP server. The
-orchestrator itself never touches CUDA beyond asking whether a GPU exists.
+report instead of a crash), one engine start per backend and model: baseline → sage → floor (another
+exact backend, accuracy only; the drift stage's HF model runs beside it) → compared configurations
+(``--compare-config``) → HTTP server → the speed model's engines (``--speed-model``). A stage that no
+longer fits the time budget is skipped and recorded; ``--resume`` reuses finished stages of an unchanged
+job, so one verification may span two device calls. The orchestrator itself never touches CUDA beyond
+asking whether a GPU exists.
 
 Exit codes: 0 all selected checks pass (or do not apply), 1 a check failed or could not be
 measured, 2 usage error, 3 no CUDA GPU, 4 setup error (no model, sglang missing, overlay not applied).
@@ -11,19 +15,23 @@ measured, 2 usage error, 3 no CUDA GPU, 4 setup error (no model, sglang missing,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata as md
 import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import checks as ck
 from . import corpus as corpus_mod
 from . import envinfo, plots, report, workload
+from . import model as model_mod
 from .model import ModelChoice, ModelError, resolve_model
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_GPU, EXIT_SETUP = 0, 1, 2, 3, 4
@@ -35,11 +43,10 @@ ALIASES = {"flag": "runtime_flag", "runtime-flag": "runtime_flag", "kl": "logits
            "tp": "throughput", "mem": "memory", "passkey": "context", "long": "context", "det": "determinism"}
 # stage caps (s): a hang costs at most this; normal runs take far less
 # (the first engine start may include nvcc-compiling SGLang's JIT kernels when they are not cached yet)
-CAP = {"baseline": 260.0, "sage": 200.0, "server": 150.0, "drift": 150.0}
-STAGE_OF_CHECK = {"runtime_flag": ("baseline", "sage", "server"), "logits": ("baseline", "sage"),
-                  "perplexity": ("baseline", "sage"), "throughput": ("baseline", "sage"),
-                  "memory": ("baseline", "sage"), "drift": ("drift",), "context": ("baseline", "sage"),
-                  "determinism": ("sage",)}
+CAP = {"baseline": 260.0, "sage": 200.0, "floor": 150.0, "compare": 200.0, "speed": 300.0, "server": 150.0,
+       "drift": 150.0}
+# seconds kept free for these stages while earlier ones run (their usual duration with SmolLM2 on an H200)
+CORE_RESERVE = {"sage": 95.0, "floor": 60.0, "server": 60.0}
 
 
 class Console:
@@ -90,21 +97,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
                    help="dummy: random weights from config.json (speed/memory of full-size geometries; accuracy "
                         "checks are reported as not applicable)")
-    p.add_argument("--baseline-backend", default="triton", help="attention backend to compare against")
+    p.add_argument("--baseline-backend", default="triton",
+                   help="attention backend to compare against (default triton; fa3 is SGLang's Hopper default and "
+                        "needs the WITH_FA3=1 bundle)")
+    p.add_argument("--floor-backend", default="flashinfer",
+                   help="another exact bf16 backend measured against the baseline on the same positions; checks 2, "
+                        "3 and 7 judge sage against this floor (default flashinfer; fa3 or torch_native where "
+                        "flashinfer cannot run)")
+    p.add_argument("--compare-config", action="append", metavar="BACKEND[+KV_DTYPE]",
+                   help="an extra configuration measured like sage (accuracy, passkey, throughput; shown beside "
+                        "sage, not judged), e.g. fa3+fp8_e4m3 = fa3 with --kv-cache-dtype fp8_e4m3 (repeatable)")
     p.add_argument("--sage-backend", default="sage_attn", help=argparse.SUPPRESS)
     p.add_argument("--sage-decode-backend", default=None,
                    help="decode backend sage_attn delegates to (SGLANG_SAGE_DECODE_BACKEND); default: the baseline's, "
                         "so that only prefill/extend differ")
+    p.add_argument("--speed-model", nargs="?", const=model_mod.SPEED_MODEL_BUILTIN, default=None, metavar="SPEC",
+                   help=f"also run check 4 on a full-size geometry with dummy weights: {model_mod.SPEED_MODEL_BUILTIN} "
+                        "(the default when the flag has no value: Llama-3.1-8B's config.json) or a dir with a "
+                        "config.json; speed only, accuracy n/a")
+    p.add_argument("--speed-prompts", default="4096,32768",
+                   help="prompt lengths on the speed model (default 4096,32768)")
+    p.add_argument("--speed-batches", default="1,32", help="batch sizes on the speed model (default 1,32)")
+    p.add_argument("--speed-decode-tokens", type=int, default=128,
+                   help="new tokens of the speed model's decode rows (0: prefill rows only; default 128)")
+    p.add_argument("--speed-configs", default="all",
+                   help="which configurations run on the speed model: comma list of baseline, sage and "
+                        "--compare-config names, or all (default)")
+    p.add_argument("--speed-mem-fraction-static", type=float, default=0.5,
+                   help="mem_fraction_static of the speed-model engines (default 0.5: ~400K tokens of Llama-3.1-8B "
+                        "KV on an H200)")
     p.add_argument("--out", type=Path, help="report dir (default reports/<sglang-version>/<gpu>/)")
     p.add_argument("--work-dir", type=Path, help="scratch dir for raw data (default: a new temp dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished stages in --work-dir whose job is unchanged (same engine arguments, "
+                        "phases and workload); run only the rest. Lets one verification span two device calls")
     p.add_argument("--only", help="comma list of checks to run: " + ",".join(ck.CHECK_IDS))
     p.add_argument("--quick", action="store_true", help="fewer windows/trials/repeats; every code path still runs")
     p.add_argument("--topk", type=int, default=20, help="top-K log-probs per position for the KL (default 20)")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE", help="override a threshold (repeatable)")
-    p.add_argument("--time-budget", type=float, default=420.0, help="seconds for the whole run (default 420)")
+    p.add_argument("--time-budget", type=float, default=540.0,
+                   help="seconds for the whole run (default 540); a stage that no longer fits is skipped and "
+                        "recorded, --resume runs it later")
     p.add_argument("--mem-fraction-static", type=float, default=0.3)
     p.add_argument("--cuda-graph", action="store_true", help="enable CUDA graphs (default off, as in the bundle tests)")
-    p.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="extra sglang.Engine kwarg (both)")
+    p.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="extra sglang.Engine kwarg (all engines)")
     p.add_argument("--sage-engine-arg", action="append", metavar="KEY=VALUE", help="extra kwarg for sage only")
     p.add_argument("--server-entry", choices=("launch_server", "serve"), default="launch_server",
                    help="HTTP check via `python -m sglang.launch_server` or `sglang serve`")
@@ -117,6 +153,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assume-gpu", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--drift-device", default="cuda", help=argparse.SUPPRESS)
     return p
+
+
+# SGLang 0.5.17's --kv-cache-dtype choices (server_args.py)
+KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
+_BACKEND_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``--compare-config fa3+fp8_e4m3``: a backend and optionally its KV cache dtype."""
+
+    name: str
+    backend: str
+    kv_cache_dtype: str | None
+
+    def engine_extra(self) -> dict[str, Any]:
+        return {"kv_cache_dtype": self.kv_cache_dtype} if self.kv_cache_dtype else {}
+
+
+def parse_compare(items: list[str] | None, sage_backend: str) -> list[CompareConfig]:
+    """``BACKEND[+KV_DTYPE]`` specs → configurations; a malformed, duplicate or sage spec is a usage error."""
+    out: list[CompareConfig] = []
+    for raw in items or []:
+        spec = raw.strip()
+        backend, _, dtype = spec.partition("+")
+        if not _BACKEND_NAME.match(backend):
+            raise ValueError(f"--compare-config {raw!r}: expected BACKEND[+KV_DTYPE], e.g. fa3+fp8_e4m3")
+        if dtype and dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"--compare-config {raw!r}: unknown KV cache dtype {dtype!r}; "
+                             f"SGLang 0.5.17 knows {', '.join(KV_CACHE_DTYPES)}")
+        if backend == sage_backend:
+            raise ValueError(f"--compare-config {raw!r}: {sage_backend} is always measured; compare other backends")
+        if any(c.name == spec for c in out):
+            raise ValueError(f"--compare-config {raw!r} given twice")
+        out.append(CompareConfig(spec, backend, dtype or None))
+    return out
+
+
+def parse_int_list(text: str, flag: str, minimum: int) -> list[int]:
+    """``"4096,32768"`` → [4096, 32768]; anything else (empty, not a number, below ``minimum``) is a usage error."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected a comma list of integers") from None
+    if not vals or min(vals) < minimum:
+        raise ValueError(f"{flag} {text!r}: expected integers >= {minimum}")
+    return vals
+
+
+def validate_args(args: argparse.Namespace) -> tuple[list[CompareConfig], list[str]]:
+    """Cross-option rules (usage errors, raised as ValueError): the floor must be another backend than the
+    baseline and sage; compare specs; speed-model lists; --resume needs --work-dir. Returns the compare
+    configurations and the speed-model roles."""
+    if args.floor_backend in (args.baseline_backend, args.sage_backend):
+        raise ValueError(f"--floor-backend {args.floor_backend!r} must differ from the baseline "
+                         f"({args.baseline_backend}) and from {args.sage_backend}: the floor is another exact kernel")
+    compares = parse_compare(args.compare_config, args.sage_backend)
+    if args.resume and args.work_dir is None:
+        raise ValueError("--resume needs --work-dir (the directory of the run to continue)")
+    parse_int_list(args.speed_prompts, "--speed-prompts", 2)
+    parse_int_list(args.speed_batches, "--speed-batches", 1)
+    if args.speed_decode_tokens < 0:
+        raise ValueError(f"--speed-decode-tokens {args.speed_decode_tokens}: must be >= 0")
+    known = ["baseline", "sage", *(c.name for c in compares)]
+    roles = known if args.speed_configs.strip() == "all" else [x.strip() for x in args.speed_configs.split(",")
+                                                                if x.strip()]
+    bad = [r for r in roles if r not in known]
+    if bad or not roles:
+        raise ValueError(f"--speed-configs {args.speed_configs!r}: choose from all, {', '.join(known)}")
+    return compares, list(dict.fromkeys(roles))
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -224,13 +330,42 @@ def version_of(name: str) -> str | None:
         return None
 
 
+def complete_result(res: dict) -> bool:
+    """An engine stage's result that --resume may reuse: finished, engine started, no phase error, and no
+    bucket or throughput row cut short by the time budget."""
+    if not (res.get("finished") and res.get("engine_started")) or res.get("errors"):
+        return False
+    phases = res.get("phases") or {}
+    cut = [b for b in (phases.get("accuracy") or {}).values() if isinstance(b, dict) and "npz" not in b]
+    cut += [r for r in phases.get("throughput") or [] if "time budget" in str(r.get("skipped", ""))]
+    return not cut
+
+
+@dataclass
+class Stage:
+    """One engine process: which backend on which model, which worker phases."""
+
+    tag: str  # file-name safe: baseline, sage, floor, compare-<name>, speed-<role>
+    role: str  # baseline | sage | floor | compare | speed
+    backend: str
+    extra: dict[str, Any]
+    phases: list[str]
+    speed: bool = False  # on the speed model (dummy weights)
+    sage_env: bool = False  # SGLANG_SAGE_DECODE_BACKEND and the counters dir
+    label: str = ""  # the configuration's name in tables (compare name, speed role)
+
+
 class Run:
     """One verification run: stages, incremental report, final verdict."""
 
     def __init__(self, args: argparse.Namespace, argv: list[str], console: Console, model: ModelChoice,
-                 selected: list[str], thresholds: dict[str, float], env_notes: list[str]) -> None:
+                 selected: list[str], thresholds: dict[str, float], env_notes: list[str],
+                 compares: list[CompareConfig] | None = None, speed_model: ModelChoice | None = None,
+                 speed_roles: list[str] | None = None) -> None:
         self.args, self.console, self.model = args, console, model
         self.selected, self.thresholds = selected, thresholds
+        self.compares = compares or []
+        self.speed_model, self.speed_roles = speed_model, speed_roles or []
         self.deadline = time.time() + args.time_budget
         self.env = envinfo.collect(REPO_ROOT, ["verify.py", *argv])
         self.env["overlay"] = envinfo.overlay_match(REPO_ROOT / "overlay" / "sglang", sglang_package_dir())
@@ -244,22 +379,69 @@ class Run:
         self.work = args.work_dir or Path(tempfile.mkdtemp(prefix="sage-verify-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self.dummy = args.load_format == "dummy"
-        self.results: dict[str, dict | None] = {"baseline": None, "sage": None, "drift": None, "server": None}
         self.stages: dict[str, dict[str, Any]] = {}
         self.plots: dict[str, str] = {}
         self.corpus: dict[str, Any] = {}
         self.bucket_specs: dict[str, dict] = {}
+        self.speed_left_out: list[str] = []
         self.sage_decode = args.sage_decode_backend or args.baseline_backend
         self.notes = env_notes
+        self.plan = self.plan_stages()
+        self.results: dict[str, dict | None] = {s.tag: None for s in self.plan}
+        self.results.update(drift=None, server=None)
 
     # -- configuration
-    def engine_kwargs(self, backend: str, extra: dict[str, Any]) -> dict[str, Any]:
-        kw: dict[str, Any] = {"model_path": str(self.model.path), "attention_backend": backend,
+    @property
+    def accuracy_on(self) -> bool:
+        return any(x in self.selected for x in ("logits", "perplexity", "context")) and not self.dummy
+
+    def plan_stages(self) -> list[Stage]:
+        """The engine stages this selection needs, in the order they run (drift and server run in between)."""
+        sel, a = self.selected, self.args
+        passkey = "context" in sel and not self.dummy
+        tp = "throughput" in sel
+        common = ((["determinism"] if any(x in sel for x in ("determinism", "runtime_flag")) else [])
+                  + (["accuracy"] if self.accuracy_on else []) + (["passkey"] if passkey else [])
+                  + (["throughput"] if tp else []))
+        plan: list[Stage] = []
+        if common or any(x in sel for x in ("memory", "runtime_flag")):
+            plan.append(Stage("baseline", "baseline", a.baseline_backend, {},
+                              common + (["probe_flag"] if "runtime_flag" in sel else []), label="baseline"))
+            plan.append(Stage("sage", "sage", a.sage_backend, self.sage_extra(), list(common), sage_env=True,
+                              label="sage"))
+        if self.accuracy_on:
+            plan.append(Stage("floor", "floor", a.floor_backend, {}, ["accuracy"], label=a.floor_backend))
+        extra_phases = (["accuracy"] if self.accuracy_on else []) + (["passkey"] if passkey else []) + (
+            ["throughput"] if tp else [])
+        if extra_phases:
+            plan += [Stage(f"compare-{c.name}", "compare", c.backend, c.engine_extra(), extra_phases, label=c.name)
+                     for c in self.compares]
+        if self.speed_model is not None and tp:
+            by_name = {c.name: c for c in self.compares}
+            for role in self.speed_roles:
+                if role == "baseline":
+                    plan.append(Stage("speed-baseline", "speed", a.baseline_backend, {}, ["throughput"], True,
+                                      label="baseline"))
+                elif role == "sage":
+                    plan.append(Stage("speed-sage", "speed", a.sage_backend, self.sage_extra(), ["throughput"], True,
+                                      sage_env=True, label="sage"))
+                else:
+                    c = by_name[role]
+                    plan.append(Stage(f"speed-compare-{c.name}", "speed", c.backend, c.engine_extra(),
+                                      ["throughput"], True, label=c.name))
+        return plan
+
+    def engine_kwargs(self, backend: str, extra: dict[str, Any], speed: bool = False) -> dict[str, Any]:
+        model = self.speed_model if speed else self.model
+        assert model is not None
+        kw: dict[str, Any] = {"model_path": str(model.path), "attention_backend": backend,
                               "sampling_backend": "pytorch", "grammar_backend": "none",
-                              "mem_fraction_static": self.args.mem_fraction_static, "log_level": "error"}
+                              "mem_fraction_static": (self.args.speed_mem_fraction_static if speed
+                                                      else self.args.mem_fraction_static),
+                              "log_level": "error"}
         if not self.args.cuda_graph:
             kw["disable_cuda_graph"] = True
-        if self.dummy:
+        if self.dummy or speed:
             kw.update(load_format="dummy", skip_tokenizer_init=True)
         kw.update(parse_kv(self.args.engine_arg, "--engine-arg"))
         kw.update(extra)
@@ -277,40 +459,67 @@ class Run:
             env["SGLANG_SAGE_DECODE_BACKEND"] = self.sage_decode
         return env
 
-    def needs(self, stage: str) -> bool:
-        return any(stage in STAGE_OF_CHECK[c] for c in self.selected) or (
-            stage == "baseline" and any(c in self.selected for c in ("runtime_flag", "determinism"))
-        )
+    def check_stages(self, check: str) -> list[str]:
+        """Stages whose results a check reads (for the 'pending' state of an interim report)."""
+        tags = [s.tag for s in self.plan]
+        core = [t for t in ("baseline", "sage") if t in tags]
+        if check == "runtime_flag":
+            return core + ["server"]
+        if check in ("logits", "perplexity", "context"):
+            return core + [t for t in tags if t == "floor" or t.startswith("compare-")]
+        if check == "throughput":
+            return core + [t for t in tags if t.startswith(("compare-", "speed-"))]
+        if check == "drift":
+            return ["drift"]
+        return core
 
-    def timeout_for(self, stage: str, reserve_after: float) -> float:
-        return min(CAP[stage], self.deadline - time.time() - reserve_after)
+    def reserve_after(self, tag: str) -> float:
+        """Seconds kept free for the core stages still to come (sage, floor, HTTP server)."""
+        order = [s.tag for s in self.plan] + (["server"] if "runtime_flag" in self.selected else [])
+        later = order[order.index(tag) + 1:] if tag in order else []
+        return sum(CORE_RESERVE.get(t, 0.0) for t in later if self.stages.get(t, {}).get("status") is None)
+
+    def timeout_for(self, cap_key: str, reserve_after: float) -> float:
+        return min(CAP[cap_key], self.deadline - time.time() - reserve_after)
 
     # -- report
     def publish(self, final: bool = False) -> list[ck.Check]:
-        inp = ck.Inputs(base=self.results["baseline"], sage=self.results["sage"], drift=self.results["drift"],
-                        server=self.results["server"], thresholds=self.thresholds,
+        compare = {s.label: self.results.get(s.tag) for s in self.plan if s.role == "compare"}
+        speed_stages = [s for s in self.plan if s.role == "speed"]
+        speed = {s.label: self.results.get(s.tag) for s in speed_stages} if speed_stages else None
+        inp = ck.Inputs(base=self.results.get("baseline"), sage=self.results.get("sage"),
+                        drift=self.results["drift"], server=self.results["server"], thresholds=self.thresholds,
                         sage_backend=self.args.sage_backend, accuracy_applicable=not self.dummy,
                         notes={"accuracy": "--load-format dummy: random weights make accuracy meaningless"},
-                        overlay=None if self.args.no_preflight else self.env.get("overlay"))
+                        overlay=None if self.args.no_preflight else self.env.get("overlay"),
+                        floor=self.results.get("floor"), floor_backend=self.args.floor_backend, compare=compare,
+                        speed=speed, model_label=self.model_label(),
+                        speed_label=self.speed_label(), speed_left_out=self.speed_left_out)
         checks, tables = ck.evaluate(inp, self.selected, self.bucket_specs)
         if not final:
             for c in checks:
-                if any(self.stages.get(s, {}).get("status") in (None, "running") and self.needs(s)
-                       for s in STAGE_OF_CHECK[c.id]):
+                if any(self.stages.get(s, {}).get("status") in (None, "running") for s in self.check_stages(c.id)
+                       if s in self.results):
                     c.status = "pending"
         rep = {
-            "schema": 1,
+            "schema": 2,
             "verdict": ("pass" if ck.verdict(checks) else "fail") if final else "running",
             "environment": self.env,
             "model": self.model.describe(),
+            "speed_model": self.speed_model.describe() if self.speed_model else None,
             "corpus": self.corpus,
             "config": {"baseline_backend": self.args.baseline_backend, "sage_backend": self.args.sage_backend,
+                       "floor_backend": self.args.floor_backend,
+                       "compare_configs": [c.name for c in self.compares],
                        "sage_decode_backend": self.sage_decode, "load_format": self.args.load_format,
                        "quick": self.args.quick, "topk": self.args.topk, "selected_checks": self.selected,
                        "mem_fraction_static": self.args.mem_fraction_static, "cuda_graph": self.args.cuda_graph,
-                       "time_budget_s": self.args.time_budget, "work_dir": str(self.work),
-                       "engine_kwargs": {"baseline": self.engine_kwargs(self.args.baseline_backend, {}),
-                                         "sage": self.engine_kwargs(self.args.sage_backend, self.sage_extra())},
+                       "time_budget_s": self.args.time_budget, "work_dir": str(self.work), "resume": self.args.resume,
+                       "speed": None if self.speed_model is None else {
+                           "configs": self.speed_roles, "prompts": self.args.speed_prompts,
+                           "batches": self.args.speed_batches, "decode_tokens": self.args.speed_decode_tokens,
+                           "mem_fraction_static": self.args.speed_mem_fraction_static},
+                       "engine_kwargs": {s.tag: self.engine_kwargs(s.backend, s.extra, s.speed) for s in self.plan},
                        "buckets": self.bucket_specs},
             "thresholds": self.thresholds,
             "checks": [c.as_dict() for c in checks],
@@ -325,6 +534,16 @@ class Run:
         self._last_tables = tables
         return checks
 
+    def model_label(self) -> str:
+        return self.model.path.name
+
+    def speed_label(self) -> str:
+        if self.speed_model is None:
+            return "speed model"
+        if self.args.speed_model == model_mod.SPEED_MODEL_BUILTIN:
+            return "Llama-3.1-8B geometry"
+        return f"{self.speed_model.path.name} (dummy weights)"
+
     @staticmethod
     def _raw_summary(res: dict | None) -> Any:
         if not res:
@@ -334,7 +553,7 @@ class Run:
                 "status_code", "text", "attention_backend", "cmd", "error", "start_s", "log_tail")
         return {k: v for k, v in res.items() if k in keep}
 
-    # -- stages
+    # -- inputs
     def build_workload(self) -> Path:
         cfg_ctx = self.model.context_length
         sizes = workload.make_sizes(cfg_ctx, self.args.quick, self.args.topk)
@@ -360,28 +579,75 @@ class Run:
         path.write_text(json.dumps(w))
         return path
 
-    def run_engine_stage(self, tag: str, backend: str, extra: dict[str, Any], phases: list[str],
-                         workload_path: Path, reserve_after: float) -> None:
-        timeout = self.timeout_for(tag, reserve_after)
+    def build_speed_workload(self) -> Path:
+        assert self.speed_model is not None
+        w = workload.build_speed(self.speed_model.vocab_size,
+                                 parse_int_list(self.args.speed_prompts, "--speed-prompts", 2),
+                                 parse_int_list(self.args.speed_batches, "--speed-batches", 1),
+                                 self.args.speed_decode_tokens, self.args.quick)
+        self.speed_left_out = list(w["left_out"])
+        path = self.work / "workload_speed.json"
+        path.write_text(json.dumps(w))
+        return path
+
+    # -- stages
+    @staticmethod
+    def signature(job: dict[str, Any], workload_path: Path) -> str:
+        """What makes two runs of a stage the same measurement: its job minus paths and deadline, plus the
+        workload's bytes (so --resume never reuses a stage measured on other inputs)."""
+        keep = {k: v for k, v in job.items() if k not in ("deadline", "result_path", "work_dir", "workload_path",
+                                                          "stats_dir", "signature")}
+        h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
+        h.update(workload_path.read_bytes())
+        return h.hexdigest()
+
+    def reusable(self, result_path: Path, signature: str, ok: Any) -> dict | None:
+        """With --resume: the earlier result of this exact job, if it finished without errors."""
+        if not self.args.resume or not result_path.is_file():
+            return None
+        try:
+            res = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if res.get("job_signature") != signature or not ok(res):
+            return None
+        return res
+
+    def run_engine_stage(self, st: Stage, workload_path: Path) -> None:
+        tag = st.tag
+        result_path = self.work / f"result_{tag}.json"
+        stats_dir = self.work / f"stats_{tag}" if st.sage_env or tag == "baseline" else None
+        kwargs = self.engine_kwargs(st.backend, st.extra, st.speed)
+        job = {"tag": tag, "work_dir": str(self.work), "result_path": str(result_path),
+               "workload_path": str(workload_path), "engine_kwargs": kwargs, "phases": st.phases,
+               "stats_dir": str(stats_dir) if stats_dir else None,
+               "decode_backend_env": self.sage_decode if st.sage_env else None}
+        job["signature"] = self.signature(job, workload_path)
+        old = self.reusable(result_path, job["signature"], complete_result)
+        if old is not None:
+            self.results[tag] = old
+            self.stages[tag] = {"status": "reused", "log": f"logs/{tag}.log", "from": str(result_path)}
+            self.console.print(f"{tag}: reused the finished result in {result_path} (--resume)", "green")
+            return
+        timeout = self.timeout_for(st.role, self.reserve_after(tag))
         self.stages[tag] = {"status": "running", "log": f"logs/{tag}.log"}
         if timeout < 40:
-            self.stages[tag].update(status="skipped", error=f"time budget exhausted ({timeout:.0f}s left)")
+            self.stages[tag].update(status="skipped", error=f"time budget exhausted ({timeout:.0f}s left); "
+                                                            f"--resume with the same --work-dir runs it")
             self.console.print(f"{tag}: skipped, time budget exhausted", "yellow")
             return
-        result_path = self.work / f"result_{tag}.json"
-        stats_dir = self.work / f"stats_{tag}"
-        job = {"tag": tag, "work_dir": str(self.work), "result_path": str(result_path),
-               "workload_path": str(workload_path), "engine_kwargs": self.engine_kwargs(backend, extra),
-               "phases": phases, "deadline": time.time() + timeout - 25, "stats_dir": str(stats_dir)}
+        job["deadline"] = time.time() + timeout - 25
         job_path = self.work / f"job_{tag}.json"
         job_path.write_text(json.dumps(job))
-        self.console.print(f"== stage {tag}: sglang.Engine(attention_backend={backend!r}), phases {phases}, "
-                           f"timeout {timeout:.0f}s", "bold")
+        model = "speed model" if st.speed else "model"
+        self.console.print(f"== stage {tag}: sglang.Engine(attention_backend={st.backend!r}"
+                           + "".join(f", {k}={v!r}" for k, v in st.extra.items())
+                           + f") on the {model}, phases {st.phases}, timeout {timeout:.0f}s", "bold")
         from .procs import Proc
 
         t0 = time.time()
         proc = Proc(tag, [sys.executable, "-m", "sglang_sage.verify.engine_runner", "--job", str(job_path)],
-                    self.stage_env(stats_dir, sage=tag == "sage"), self.out / "logs" / f"{tag}.log",
+                    self.stage_env(stats_dir, sage=st.sage_env), self.out / "logs" / f"{tag}.log",
                     cwd=str(REPO_ROOT), echo=self.console.print)
         rc = proc.wait(timeout)
         self.stages[tag].update(seconds=round(time.time() - t0, 1), rc=rc)
@@ -407,18 +673,27 @@ class Run:
     def start_drift(self, workload_path: Path):
         from .procs import Proc
 
+        long_len = self.bucket_specs.get("long", {}).get("window")
+        lengths = [256, 2048] + ([long_len] if long_len and not self.args.quick else [])
+        if self.args.drift_lengths:
+            lengths = [int(x) for x in self.args.drift_lengths.split(",") if x.strip()]
+        result_path = self.work / "result_drift.json"
+        job = {"repo_root": str(REPO_ROOT), "model": str(self.model.path), "workload_path": str(workload_path),
+               "lengths": lengths, "result_path": str(result_path), "device": self.args.drift_device}
+        sig = self.signature(job, workload_path)
+        old = self.reusable(result_path, sig, lambda r: r.get("lengths") and not r.get("fatal")
+                            and not r.get("errors"))
+        if old is not None:
+            self.results["drift"] = old
+            self.stages["drift"] = {"status": "reused", "log": "logs/drift.log", "from": str(result_path)}
+            self.console.print(f"drift: reused the finished result in {result_path} (--resume)", "green")
+            return None, 0.0
         timeout = self.timeout_for("drift", 0)
         self.stages["drift"] = {"status": "running", "log": "logs/drift.log"}
         if timeout < 30:
             self.stages["drift"].update(status="skipped", error="time budget exhausted")
             return None, 0.0
-        long_len = self.bucket_specs.get("long", {}).get("window")
-        lengths = [256, 2048] + ([long_len] if long_len and not self.args.quick else [])
-        if self.args.drift_lengths:
-            lengths = [int(x) for x in self.args.drift_lengths.split(",") if x.strip()]
-        job = {"repo_root": str(REPO_ROOT), "model": str(self.model.path), "workload_path": str(workload_path),
-               "lengths": lengths, "result_path": str(self.work / "result_drift.json"),
-               "device": self.args.drift_device}
+        job["signature"] = sig
         job_path = self.work / "job_drift.json"
         job_path.write_text(json.dumps(job))
         self.console.print(f"== stage drift: HF model, SDPA vs sage kernel, lengths {lengths}, timeout {timeout:.0f}s",
@@ -435,8 +710,12 @@ class Run:
         rc = proc.wait(max(1.0, until - time.time()))
         self.stages["drift"].update(seconds=round(time.time() - t0, 1), rc=rc,
                                     status="timeout" if rc is None else ("done" if rc == 0 else "failed"))
+        result_path = self.work / "result_drift.json"
         try:
-            self.results["drift"] = json.loads((self.work / "result_drift.json").read_text())
+            res = json.loads(result_path.read_text())
+            res["job_signature"] = json.loads((self.work / "job_drift.json").read_text()).get("signature")
+            result_path.write_text(json.dumps(res, indent=1))
+            self.results["drift"] = res
         except (OSError, ValueError) as e:
             self.stages["drift"]["error"] = f"no result file: {e}"
             self.stages["drift"]["log_tail"] = list(proc.tail)[-30:]
@@ -444,6 +723,17 @@ class Run:
     def run_server_stage(self, workload_path: Path) -> None:
         from .server import run_server_check
 
+        stats_dir = self.work / "stats_server"
+        kw = self.engine_kwargs(self.args.sage_backend, self.sage_extra())
+        result_path = self.work / "result_server.json"
+        sig = self.signature({"server": kw, "entry": self.args.server_entry, "decode": self.sage_decode},
+                             workload_path)
+        old = self.reusable(result_path, sig, lambda r: r.get("ok"))
+        if old is not None:
+            self.results["server"] = old
+            self.stages["server"] = {"status": "reused", "log": "logs/server.log", "from": str(result_path)}
+            self.console.print(f"server: reused the finished result in {result_path} (--resume)", "green")
+            return
         timeout = self.timeout_for("server", 0)
         self.stages["server"] = {"status": "running", "log": "logs/server.log"}
         if timeout < 40:
@@ -452,8 +742,6 @@ class Run:
             return
         self.console.print(f"== stage server: HTTP server with --attention-backend {self.args.sage_backend}, "
                            f"timeout {timeout:.0f}s", "bold")
-        stats_dir = self.work / "stats_server"
-        kw = self.engine_kwargs(self.args.sage_backend, self.sage_extra())
         ids = None
         if self.dummy:
             ids = json.loads(workload_path.read_text())["tokens"][:64]
@@ -464,6 +752,8 @@ class Run:
         probe = (self.results.get("sage") or {}).get("probe_text")
         if res.get("text") is not None and probe is not None:
             res["engine_text_same"] = res["text"] == probe
+        res["job_signature"] = sig
+        result_path.write_text(json.dumps(res, indent=1, default=str))
         self.results["server"] = res
         self.stages["server"].update(seconds=round(time.time() - t0, 1),
                                      status="done" if res.get("ok") else "failed", error=res.get("error"))
@@ -475,52 +765,54 @@ class Run:
         c = self.console
         c.print(f"model {self.model.path} ({self.model.source}); out {self.out}; work {self.work}")
         c.print(f"checks: {', '.join(self.selected)}; baseline {self.args.baseline_backend} vs "
-                f"{self.args.sage_backend} (decode → {self.sage_decode}); budget {self.args.time_budget:.0f}s")
+                f"{self.args.sage_backend} (decode → {self.sage_decode}); floor {self.args.floor_backend}; "
+                f"budget {self.args.time_budget:.0f}s")
+        c.print("stages: " + ", ".join(s.tag for s in self.plan))
         self.publish()
         try:
             wl = self.build_workload()
+            wl_speed = self.build_speed_workload() if any(s.speed for s in self.plan) else None
         except Exception as e:  # noqa: BLE001 - nothing can be measured without inputs
             self.notes.append(f"workload could not be built: {type(e).__name__}: {e}")
             c.print(f"workload FAILED: {type(e).__name__}: {e}", "red")
-            for s in ("baseline", "sage", "drift", "server"):
+            for s in [*self.results]:
                 self.stages[s] = {"status": "skipped", "error": "no workload"}
             return self.finish()
         c.print(f"workload: corpus {self.corpus.get('tokens')} tokens; buckets " + ", ".join(
             f"{k} W={v['window']} S={v['stride']} ×{v['windows']}" for k, v in self.bucket_specs.items()))
-        acc = any(x in self.selected for x in ("logits", "perplexity", "context")) and not self.dummy
-        common = []
-        if any(x in self.selected for x in ("determinism", "runtime_flag")):
-            common.append("determinism")
-        if acc:
-            common.append("accuracy")
-        if "context" in self.selected and not self.dummy:
-            common.append("passkey")
-        if "throughput" in self.selected:
-            common.append("throughput")
-        base_phases = list(common)
-        if acc and not self.args.quick:
-            base_phases.insert(base_phases.index("accuracy") + 1, "noise_floor")
-        if "runtime_flag" in self.selected:
-            base_phases.append("probe_flag")
-        engines = self.needs("baseline") or self.needs("sage")
         drift_on = "drift" in self.selected and not self.dummy
-        server_on = "runtime_flag" in self.selected
-        tail_reserve = 60.0 if (drift_on or server_on) else 0.0
-        if engines:
-            self.run_engine_stage("baseline", self.args.baseline_backend, {}, base_phases, wl,
-                                  reserve_after=90.0 + tail_reserve)
+        drift_proc, drift_until, drift_started = None, 0.0, False
+
+        def drift_start() -> None:
+            nonlocal drift_proc, drift_until, drift_started
+            if drift_on and not drift_started:
+                drift_started = True
+                drift_proc, drift_until = self.start_drift(wl)
+
+        def drift_wait() -> None:
+            nonlocal drift_proc
+            self.finish_drift(drift_proc, drift_until)
+            drift_proc = None
+
+        # order: baseline, sage, floor (drift runs beside it: accuracy is not timed), the compared configurations
+        # (timed: drift finished first), the HTTP server, the speed model; stages that no longer fit are skipped
+        for st in self.plan:
+            if st.role == "floor":
+                drift_start()
+            if st.role in ("compare", "speed"):
+                drift_wait()
+            if st.role == "speed" and "server" not in self.stages and "runtime_flag" in self.selected:
+                self.run_server_stage(wl)
+                self.publish()
+            self.run_engine_stage(st, wl_speed if st.speed else wl)
             self.publish()
-            self.run_engine_stage("sage", self.args.sage_backend,
-                                  self.sage_extra(), common, wl,
-                                  reserve_after=tail_reserve)
-            self.publish()
-        drift_proc, drift_until = (self.start_drift(wl) if drift_on else (None, 0.0))
-        if server_on:
+        if "runtime_flag" in self.selected and "server" not in self.stages:
+            drift_start()
             self.run_server_stage(wl)
             self.publish()
-        if drift_on:
-            self.finish_drift(drift_proc, drift_until)
-        elif "drift" in self.selected:
+        drift_start()
+        drift_wait()
+        if "drift" in self.selected and not drift_on:
             self.stages["drift"] = {"status": "n/a", "error": "dummy weights"}
         return self.finish()
 
@@ -545,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_kv(args.engine_arg, "--engine-arg")
         parse_kv(args.sage_engine_arg, "--sage-engine-arg")
         if args.drift_lengths:
-            [int(x) for x in args.drift_lengths.split(",") if x.strip()]
+            parse_int_list(args.drift_lengths, "--drift-lengths", 2)
+        compares, speed_roles = validate_args(args)
     except ValueError as e:
         parser.print_usage(sys.stderr)
         print(f"verify.py: error: {e}", file=sys.stderr)
@@ -580,15 +873,21 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"setup error: the sage_attn overlay is not installed in {pkg} ({backend_file.name} "
                           f"missing): run `python apply.py --sglang-dir {pkg.parent} --no-tests` first", "red")
             return EXIT_SETUP
+    args.work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="sage-verify-"))
     try:
         model = resolve_model(args.model, args.load_format)
         if not model.has_tokenizer and args.load_format != "dummy":
             raise ModelError(f"{model.path} has no tokenizer; accuracy checks need one (or use --load-format dummy)")
+        speed_model = None
+        if args.speed_model is not None:
+            args.work_dir.mkdir(parents=True, exist_ok=True)
+            speed_model = model_mod.resolve_speed_model(args.speed_model, args.work_dir)
     except ModelError as e:
         console.print(f"setup error: {e}", "red")
         return EXIT_SETUP
     try:
-        return Run(args, argv, console, model, selected, thresholds, env_notes).run()
+        return Run(args, argv, console, model, selected, thresholds, env_notes, compares, speed_model,
+                   speed_roles).run()
     except Exception as e:  # noqa: BLE001 - last resort: say what happened, exit non-zero
         import traceback
 

@@ -116,6 +116,23 @@ def pick_server_info(info: dict) -> dict:
     return out
 
 
+WARM_TOKENS = 65_536  # a warm-up batch holds up to this many prompt tokens (at least one request)
+
+
+def warm_count(batch: int, input_len: int) -> int:
+    """Requests in a shape's warm-up: the whole batch when it is small, else enough prompts to cover
+    ``WARM_TOKENS`` (warming 32 x 32K prompts would cost as much as the measurement)."""
+    return max(1, min(batch, WARM_TOKENS // max(1, input_len)))
+
+
+def _reps_of(shape: dict, batch: int) -> int:
+    """Timed runs of one (shape, batch): ``reps`` is a number or a {batch: number} map."""
+    reps = shape.get("reps", 1)
+    if isinstance(reps, dict):
+        reps = reps.get(str(batch), reps.get(batch, 1))
+    return max(1, int(reps))
+
+
 def _completion_tokens(out: dict) -> int:
     """Generated tokens of one request (meta_info's count, else the ids returned)."""
     n = (out.get("meta_info") or {}).get("completion_tokens")
@@ -221,6 +238,8 @@ class Worker:
         self.tokens: list[int] = self.w["tokens"]
         self.engine = None
         self.stats_dir = job.get("stats_dir")
+        self._prefill_s_per_token: dict[int, float] = {}
+        self.res.data["job_signature"] = job.get("signature")
 
     # -- utilities
     def time_left(self) -> float:
@@ -351,12 +370,10 @@ class Worker:
                                      sampling_params={"temperature": 0.0, "max_new_tokens": 8})
             self.res.data["probe_text"] = o.get("text")
 
-    def run_accuracy(self, key: str, only: list[str] | None = None) -> None:
+    def run_accuracy(self, key: str) -> None:
         topk = int(self.w["topk"])
         summary = {}
         for bucket in self.w["accuracy"]:
-            if only is not None and bucket["name"] not in only:
-                continue
             if self.time_left() < 15:
                 summary[bucket["name"]] = {"skipped": "time budget"}
                 continue
@@ -413,52 +430,78 @@ class Worker:
         self.snap("after_passkey")
 
     def run_throughput(self) -> None:
-        from .corpus import distinct_slices
-
-        results = []
+        """Every (shape, batch) of the workload: warm-up, ``reps`` timed runs (radix cache flushed before
+        each), and for decode shapes a 1-token run of the same prompts for the TTFT. A row that cannot run
+        (KV pool too small, time budget) is recorded as skipped with the reason, never dropped."""
+        results: list[dict] = []
         self.res.data["phases"]["throughput"] = results
+        capacity = (self.res.data.get("server_info") or {}).get("max_total_num_tokens")
         for shape in self.w["throughput"]:
             for batch in shape["batches"]:
-                if self.time_left() < 10:
-                    results.append({"shape": shape["name"], "batch": batch, "skipped": "time budget"})
-                    continue
-                n_runs = shape["reps"] + 1 + (1 if shape["output_len"] > 1 else 0)
-                prompts = distinct_slices(self.tokens, batch * n_runs, shape["input_len"],
-                                          seed=1000 * batch + shape["input_len"])
-                groups = [prompts[i * batch:(i + 1) * batch] for i in range(n_runs)]
-                sp = {"temperature": 0.0, "max_new_tokens": shape["output_len"], "ignore_eos": True}
-
-                def timed(ids: list[list[int]], params: dict) -> tuple[float, list[dict]]:
-                    self.flush()
-                    t0 = time.perf_counter()
-                    outs = self.gen(ids, params)
-                    return time.perf_counter() - t0, outs
-
-                # warm-up: compiles this shape's kernels (a few decode steps are enough for that)
-                timed(groups[0], dict(sp, max_new_tokens=min(shape["output_len"], 16)))
-                walls, in_tok, out_tok, e2e = [], 0, 0, []
-                for g in groups[1:1 + shape["reps"]]:
-                    wall, outs = timed(g, sp)
-                    walls.append(wall)
-                    in_tok = sum(len(x) for x in g)
-                    out_tok = sum(_completion_tokens(o) for o in outs)
-                    e2e += [float(o["meta_info"]["e2e_latency"]) for o in outs
-                            if isinstance((o.get("meta_info") or {}).get("e2e_latency"), (int, float))]
-                row = {"shape": shape["name"], "batch": batch, "input_len": shape["input_len"],
-                       "output_len": shape["output_len"], "walls_s": walls, "input_tokens": in_tok,
-                       "output_tokens": out_tok, "mean_e2e_latency_s": float(np.mean(e2e)) if e2e else None}
-                if shape["output_len"] > 1:  # TTFT of the same prompt shape: a 1-token request
-                    ttft_wall, outs = timed(groups[-1], dict(sp, max_new_tokens=1))
-                    lat = [float(o["meta_info"]["e2e_latency"]) for o in outs
-                           if isinstance((o.get("meta_info") or {}).get("e2e_latency"), (int, float))]
-                    row["ttft_wall_s"] = ttft_wall
-                    row["ttft_mean_latency_s"] = float(np.mean(lat)) if lat else None
+                row = self._throughput_row(shape, batch, capacity)
                 results.append(row)
-                med = float(np.median(walls))
-                log(self.tag, f"  {shape['name']} b={batch}: {in_tok / med:,.0f} in tok/s, "
-                              f"{out_tok / med:,.0f} out tok/s (median of {len(walls)}: {med:.3f}s)")
                 self.res.save()
         self.snap("after_throughput")
+
+    def _throughput_row(self, shape: dict, batch: int, capacity: int | None) -> dict:
+        from .corpus import distinct_slices
+
+        kind = shape.get("kind") or shape["name"]
+        n_in, n_out = int(shape["input_len"]), int(shape["output_len"])
+        reps = _reps_of(shape, batch)
+        head = {"shape": shape["name"], "kind": kind, "batch": batch, "input_len": n_in, "output_len": n_out}
+        resident = batch * (n_in + n_out)
+        if kind == "decode" and isinstance(capacity, int) and resident > capacity:
+            return {**head, "skipped": f"KV pool holds {capacity:,} tokens, this shape keeps {resident:,}"}
+        estimate = self._estimate_s(n_in, batch, reps, n_out)
+        if self.time_left() < max(10.0, estimate):
+            return {**head, "skipped": f"time budget ({self.time_left():.0f}s left, ~{estimate:.0f}s needed)"}
+        n_warm = warm_count(batch, n_in)
+        ttft_runs = batch if n_out > 1 else 0
+        prompts = distinct_slices(self.tokens, n_warm + batch * reps + ttft_runs, n_in,
+                                  seed=1000 * batch + n_in)
+        sp = {"temperature": 0.0, "max_new_tokens": n_out, "ignore_eos": True}
+
+        def timed(ids: list[list[int]], params: dict) -> tuple[float, list[dict]]:
+            self.flush()
+            t0 = time.perf_counter()
+            outs = self.gen(ids, params)
+            return time.perf_counter() - t0, outs
+
+        # warm-up: this shape's kernels compiled and its chunking seen (a few decode steps are enough for that)
+        timed(prompts[:n_warm], dict(sp, max_new_tokens=min(n_out, 16)))
+        walls, in_tok, out_tok, e2e = [], 0, 0, []
+        for r in range(reps):
+            g = prompts[n_warm + r * batch:n_warm + (r + 1) * batch]
+            wall, outs = timed(g, sp)
+            walls.append(wall)
+            in_tok = sum(len(x) for x in g)
+            out_tok = sum(_completion_tokens(o) for o in outs)
+            e2e += [float(o["meta_info"]["e2e_latency"]) for o in outs
+                    if isinstance((o.get("meta_info") or {}).get("e2e_latency"), (int, float))]
+        row = {**head, "walls_s": walls, "input_tokens": in_tok, "output_tokens": out_tok, "warmup_requests": n_warm,
+               "mean_e2e_latency_s": float(np.mean(e2e)) if e2e else None}
+        if ttft_runs:  # TTFT of the same prompt shape: a 1-token request
+            ttft_wall, outs = timed(prompts[-ttft_runs:], dict(sp, max_new_tokens=1))
+            lat = [float(o["meta_info"]["e2e_latency"]) for o in outs
+                   if isinstance((o.get("meta_info") or {}).get("e2e_latency"), (int, float))]
+            row["ttft_wall_s"] = ttft_wall
+            row["ttft_mean_latency_s"] = float(np.mean(lat)) if lat else None
+        med = float(np.median(walls))
+        if kind == "prefill":
+            self._prefill_s_per_token[n_in] = med / max(1, in_tok)
+        log(self.tag, f"  {shape['name']} b={batch}: {in_tok / med:,.0f} in tok/s, "
+                      f"{out_tok / med:,.0f} out tok/s (median of {len(walls)}: {med:.3f}s)")
+        return row
+
+    def _estimate_s(self, n_in: int, batch: int, reps: int, n_out: int) -> float:
+        """Seconds a row will take, from the prefill speed already measured at this prompt length (0 if none:
+        the first row of a length always runs). Decode steps are not estimated (rows are short there)."""
+        spt = self._prefill_s_per_token.get(n_in)
+        if spt is None:
+            return 0.0
+        runs = reps + warm_count(batch, n_in) / batch + (1 if n_out > 1 else 0)
+        return runs * batch * n_in * spt
 
     def run(self) -> int:
         self.res.data["pid"] = os.getpid()
@@ -470,8 +513,6 @@ class Worker:
             self.phase("determinism", self.run_determinism, 5)
             self.phase("accuracy", lambda: self.run_accuracy("accuracy"), 15)
             self.phase("passkey", self.run_passkey, 8)
-            floor_buckets = self.w.get("noise_floor_buckets") or []
-            self.phase("noise_floor", lambda: self.run_accuracy("noise_floor", floor_buckets), 20)
             self.phase("throughput", self.run_throughput, 15)
         finally:
             self.stop_engine()

@@ -190,3 +190,38 @@ def convert_gguf(gguf: Path, out: Path, timeout: float = 900.0) -> None:
         shutil.rmtree(out)
     tmp.rename(out)
     print(f"[verify] converted: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''}", flush=True)
+
+
+# ---- the speed model (check 4 on a full-size geometry) ------------------------------------------
+
+SPEED_MODEL_BUILTIN = "llama-3.1-8b"
+# Llama-3.1-8B's config.json (public architecture numbers; the same geometry as benchmarks/bench_e2e.py):
+# 32 q / 8 kv heads of 128, 32 layers. Weights are random (load_format="dummy"): speed only.
+LLAMA31_8B_CONFIG: dict = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+    "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+    "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+    "intermediate_size": 14336, "max_position_embeddings": 131072, "mlp_bias": False,
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "use_cache": True, "vocab_size": 128256,
+}
+
+
+def resolve_speed_model(spec: str, work_dir: Path) -> ModelChoice:
+    """``--speed-model``: the built-in Llama-3.1-8B geometry (a config.json written under ``work_dir``) or a
+    directory with a config.json; always run with dummy weights, so weights and tokenizer are not needed."""
+    if spec == SPEED_MODEL_BUILTIN:
+        path = work_dir / "speed-model-llama-3.1-8b"
+        path.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(LLAMA31_8B_CONFIG, indent=1, sort_keys=True) + "\n"
+        cfg = path / "config.json"
+        if not cfg.is_file() or cfg.read_text() != text:
+            cfg.write_text(text)
+        return inspect_dir(path, "Llama-3.1-8B geometry (config.json only, dummy weights)")
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"--speed-model {spec}: neither {SPEED_MODEL_BUILTIN!r} nor a directory")
+    return inspect_dir(path, f"--speed-model {spec} (dummy weights)")

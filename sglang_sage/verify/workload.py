@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from . import passkey
+from .corpus import random_tokens
 from .metrics import plan_windows
 
 BUCKETS = ("short", "medium", "long")
@@ -37,7 +38,6 @@ class Sizes:
     medium: BucketSpec
     long: BucketSpec | None
     topk: int = 20
-    noise_floor: bool = True
     passkey_targets: dict[str, int] = field(default_factory=dict)
     passkey_depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     passkey_keys_per_depth: int = 2
@@ -66,7 +66,6 @@ def make_sizes(context_length: int, quick: bool, topk: int = 20) -> Sizes:
         medium=BucketSpec("medium", 2048, 512, 8 if quick else 48),
         long=long,
         topk=topk,
-        noise_floor=not quick,
         passkey_targets={"short": 200, "medium": 1536, **({"long": min(context_length, 8192) - 128} if long else {})},
     )
     sizes.tp_prefill_len = max(256, min(4096, context_length // 2))
@@ -113,11 +112,54 @@ def determinism_plan(tokens: list[int], sizes: Sizes, offset: int = 1000) -> dic
 def throughput_plan(sizes: Sizes) -> list[dict]:
     """Prefill-heavy (long prompt, 1 token) and decode-heavy (short prompt, many tokens) shapes."""
     return [
-        {"name": "prefill", "input_len": sizes.tp_prefill_len, "output_len": 1,
-         "batches": list(sizes.tp_batches), "reps": sizes.tp_reps_prefill},
-        {"name": "decode", "input_len": sizes.tp_decode_prompt_len, "output_len": sizes.tp_decode_new_tokens,
-         "batches": list(sizes.tp_batches), "reps": sizes.tp_reps_decode},
+        {"name": "prefill", "kind": "prefill", "input_len": sizes.tp_prefill_len, "output_len": 1,
+         "batches": list(sizes.tp_batches), "reps": {str(b): sizes.tp_reps_prefill for b in sizes.tp_batches}},
+        {"name": "decode", "kind": "decode", "input_len": sizes.tp_decode_prompt_len,
+         "output_len": sizes.tp_decode_new_tokens, "batches": list(sizes.tp_batches),
+         "reps": {str(b): sizes.tp_reps_decode for b in sizes.tp_batches}},
     ]
+
+
+# The speed model (Llama-3.1-8B geometry, dummy weights): prefill rows repeat until this many prompt tokens
+# were timed (at most 3, at least 1 run: 4K x 1 runs 3 times, 32K x 32 = 1M tokens once, ~40 s on an H200).
+SPEED_PREFILL_TOKENS_PER_ROW = 300_000
+# Decode rows keep batch x (prompt + new tokens) of KV resident; above this the shape is left out of the plan
+# (32K x 32 needs ~1M tokens = 131 GB of bf16 KV for Llama-3.1-8B: more than an H200 holds besides weights).
+SPEED_DECODE_MAX_KV_TOKENS = 262_144
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def speed_plan(prompts: list[int], batches: list[int], decode_tokens: int, quick: bool) -> tuple[list[dict], list[str]]:
+    """Check 4 on a full-size geometry: prefill-heavy rows for every prompt length and batch, decode-heavy
+    rows (``decode_tokens`` new tokens; 0 = none) where their KV fits. Returns (shapes, left-out notes)."""
+    if not prompts or not batches or min(prompts) < 2 or min(batches) < 1 or decode_tokens < 0:
+        raise ValueError(f"speed plan needs prompts >= 2, batches >= 1, decode tokens >= 0 (got {prompts}, "
+                         f"{batches}, {decode_tokens})")
+    shapes: list[dict] = []
+    left_out: list[str] = []
+    for n in prompts:
+        reps = {str(b): 1 if quick else max(1, min(3, SPEED_PREFILL_TOKENS_PER_ROW // (b * n))) for b in batches}
+        shapes.append({"name": f"prefill {_k(n)}", "kind": "prefill", "input_len": n, "output_len": 1,
+                       "batches": list(batches), "reps": reps})
+    if decode_tokens:
+        for n in prompts:
+            fits = [b for b in batches if b * (n + decode_tokens) <= SPEED_DECODE_MAX_KV_TOKENS]
+            left_out += [f"decode {_k(n)} batch {b}: {b * (n + decode_tokens):,} KV tokens > "
+                         f"{SPEED_DECODE_MAX_KV_TOKENS:,} (the plan's limit)" for b in batches if b not in fits]
+            if fits:
+                shapes.append({"name": f"decode {_k(n)}", "kind": "decode", "input_len": n,
+                               "output_len": decode_tokens, "batches": fits, "reps": {str(b): 1 for b in fits}})
+    return shapes, left_out
+
+
+def build_speed(vocab_size: int, prompts: list[int], batches: list[int], decode_tokens: int, quick: bool) -> dict:
+    """The speed model's workload: random token ids (dummy weights, no tokenizer) and the throughput shapes."""
+    shapes, left_out = speed_plan(prompts, batches, decode_tokens, quick)
+    tokens = random_tokens(max(200_000, 4 * max(prompts)), vocab_size, seed=1)
+    return {"tokens": tokens, "throughput": shapes, "left_out": left_out}
 
 
 def build(tokens: list[int], sizes: Sizes, encode=None) -> dict:
@@ -131,7 +173,6 @@ def build(tokens: list[int], sizes: Sizes, encode=None) -> dict:
     }
     if encode is not None:
         w["accuracy"] = accuracy_plan(len(tokens), sizes)
-        w["noise_floor_buckets"] = ["short", "medium"] if sizes.noise_floor else []
         w["passkey"] = passkey_plan(encode, sizes)
         w["passkey_new_tokens"] = sizes.passkey_new_tokens
         w["probe_prompt"] = "The capital of France is"

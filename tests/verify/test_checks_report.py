@@ -17,18 +17,24 @@ SPECS = {"short": {"window": 256, "stride": 128, "min_context": 128, "windows": 
          "long": {"window": 8128, "stride": 1024, "min_context": 7104, "windows": 1}}
 
 
-def write_bucket(path, n: int, nll: float, perturb: float = 0.0, seed: int = 0) -> str:
+def write_bucket(path, n: int, nll: float, perturb: float = 0.0, seed: int = 0, flip: float = 0.0,
+                 kl: float = 0.0) -> str:
+    """One bucket's npz. ``perturb`` moves mass between the first two tokens of every row (0.3 swaps the top-1);
+    ``flip`` swaps the top-1 in that fraction of rows; ``kl`` moves a little mass in every row (a small KL)."""
     rng = np.random.default_rng(seed)
     k = 4
     probs = np.array([0.5, 0.2, 0.1, 0.05]) + perturb * np.array([-1, 1, 0, 0])  # perturb .3 swaps the top-1
+    rows = np.tile(probs, (n, 1)) + kl * np.array([-1, 1, 0, 0])
+    n_flip = int(round(flip * n))
+    rows[:n_flip] = np.array([0.2, 0.5, 0.1, 0.05])
     np.savez(path, tok=np.arange(n, dtype=np.int32), lp=np.full(n, -nll), window=np.zeros(n, np.int32),
-             topk_ids=np.tile(np.arange(k), (n, 1)) + rng.integers(0, 1, (n, 1)),
-             topk_lp=np.tile(np.log(probs), (n, 1)))
+             topk_ids=np.tile(np.arange(k), (n, 1)) + rng.integers(0, 1, (n, 1)), topk_lp=np.log(rows))
     return str(path)
 
 
-def results(tmp_path, tag: str, nll: float, perturb: float, backend: str, counters: int, walls: float) -> dict:
-    acc = {b: {"npz": write_bucket(tmp_path / f"{tag}_{b}.npz", 100, nll), "positions": 100}
+def results(tmp_path, tag: str, nll: float, perturb: float, backend: str, counters: int, walls: float,
+            flip: float = 0.0, kl: float = 0.0) -> dict:
+    acc = {b: {"npz": write_bucket(tmp_path / f"{tag}_{b}.npz", 1000, nll, flip=flip, kl=kl), "positions": 1000}
            for b in ("short", "medium", "long")}
     stats = {"processes": 1 if counters else 0,
              "counters": {"prefill_8bit_layer_calls": counters, "extend_prefix_8bit_layer_calls": 0},
@@ -40,7 +46,8 @@ def results(tmp_path, tag: str, nll: float, perturb: float, backend: str, counte
            "after_flush": [{"output_ids": [1, 2, 3], "cached_tokens": 0}], "partial_prefix": []}
     pk = [{"bucket": b, "depth": 0.5, "key": "12345", "answer": " 12345." if b != "long" else " 99"}
           for b in ("short", "medium", "long")]
-    tp = [{"shape": "prefill", "batch": 1, "input_len": 100, "output_len": 1, "walls_s": [walls, walls * 1.1],
+    tp = [{"shape": "prefill", "kind": "prefill", "batch": 1, "input_len": 100, "output_len": 1,
+           "walls_s": [walls, walls * 1.1],
            "input_tokens": 100, "output_tokens": 1, "mean_e2e_latency_s": walls},
           {"shape": "decode", "batch": 32, "input_len": 64, "output_len": 256, "walls_s": [walls * 10],
            "input_tokens": 64 * 32, "output_tokens": 256 * 32, "ttft_mean_latency_s": 0.01}]
@@ -63,7 +70,9 @@ def inputs(tmp_path):
                                  "sage_vs_fp32_rel_l2": [0.01, 0.015], "bf16_vs_fp32_rel_l2": [0.002, 0.002],
                                  "logits": {"full_kl_mean": 1e-3, "full_kl_max": 1e-2, "top1_agreement": 0.99}}},
              "errors": {}}
-    return ck.Inputs(base=base, sage=sage, drift=drift, server=server, thresholds=ck.default_thresholds())
+    floor = results(tmp_path, "f", 2.0, 0.0, "flashinfer", 0, 0.10, flip=0.02, kl=0.01)
+    return ck.Inputs(base=base, sage=sage, drift=drift, server=server, thresholds=ck.default_thresholds(),
+                     floor=floor, floor_backend="flashinfer")
 
 
 def by_id(checks):
@@ -84,7 +93,7 @@ def test_all_pass_with_identical_accuracy_except_long_passkey(inputs):
 def test_perplexity_delta_fails(tmp_path, inputs):
     sage = inputs.sage
     for b in ("short", "medium", "long"):
-        sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"x_{b}.npz", 100, 2.01)
+        sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"x_{b}.npz", 1000, 2.01)
     checks, tables = ck.evaluate(inputs, ["perplexity", "context"], SPECS)
     c = by_id(checks)
     assert c["perplexity"].status == "fail"
@@ -96,18 +105,18 @@ def test_perplexity_delta_fails(tmp_path, inputs):
 
 def test_kl_and_top1_fail(tmp_path, inputs):
     for b in ("short", "medium", "long"):
-        inputs.sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"y_{b}.npz", 100, 2.0, perturb=0.3)
+        inputs.sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"y_{b}.npz", 1000, 2.0, perturb=0.3)
     c = by_id(ck.evaluate(inputs, ["logits"], SPECS)[0])["logits"]
     assert c.status == "fail"
     kl = next(x for x in c.criteria if x.name.startswith("mean KL"))
     assert kl.value > 0.01 and kl.passed is False
-    top1 = next(x for x in c.criteria if x.name == "top-1 agreement")
-    assert top1.value == 0.0
+    top1 = next(x for x in c.criteria if x.name.startswith("top-1 agreement"))
+    assert top1.value == 0.0 and top1.floor == pytest.approx(0.98)
 
 
 def test_misaligned_tokens_are_an_error_not_a_pass(tmp_path, inputs):
     path = tmp_path / "bad.npz"
-    write_bucket(path, 50, 2.0)
+    write_bucket(path, 500, 2.0)
     for b in ("short", "medium", "long"):
         inputs.sage["phases"]["accuracy"][b]["npz"] = str(path)
     c = by_id(ck.evaluate(inputs, ["logits", "perplexity"], SPECS)[0])
@@ -157,6 +166,9 @@ def test_throughput_ratio_and_rows(inputs):
     c = by_id(checks)["throughput"]
     assert c.status == "fail"
     assert c.criteria[0].value == pytest.approx(0.105)
+    inputs.sage["phases"]["throughput"][0]["walls_s"] = [0.105 / 0.94]  # 0.94x: below issue #11's 0.95x
+    c = by_id(ck.evaluate(inputs, ["throughput"], SPECS)[0])["throughput"]
+    assert c.status == "fail" and c.criteria[0].value == pytest.approx(0.94)
 
 
 def test_memory_growth_over_budget_fails(inputs):
@@ -183,12 +195,13 @@ def test_drift_threshold(inputs):
 
 
 def test_threshold_overrides():
-    t = ck.parse_threshold_overrides(["kl_max=0.02"])
-    assert t["kl_max"] == 0.02 and t["top1_min"] == 0.99
+    t = ck.parse_threshold_overrides(["kl_floor_factor=2"])
+    assert t["kl_floor_factor"] == 2.0 and t["top1_max_gap_to_floor"] == 1.0 and t["kl_min_limit"] == 1e-3
+    assert t["prefill_min_ratio"] == t["decode_min_ratio"] == 0.95  # issue #11
     with pytest.raises(ValueError):
-        ck.parse_threshold_overrides(["kl_mx=1"])
+        ck.parse_threshold_overrides(["kl_max=1"])  # the pre-floor absolute limits are gone: a clear error
     with pytest.raises(ValueError):
-        ck.parse_threshold_overrides(["kl_max"])
+        ck.parse_threshold_overrides(["kl_floor_factor"])
 
 
 def test_empty_selection_is_not_a_pass():
@@ -235,3 +248,195 @@ def test_installed_overlay_must_be_this_checkout(inputs):
     assert by_id(ck.evaluate(inputs, ["runtime_flag"], SPECS)[0])["runtime_flag"].status == "pass"
     inputs.overlay = {"checked": True, "identical": True, "differ": [], "missing": [], "exact_expected": True}
     assert by_id(ck.evaluate(inputs, ["runtime_flag"], SPECS)[0])["runtime_flag"].status == "pass"
+
+
+# ---- the floor (issue #12), compared configurations and the speed model (issue #19) ---------------------
+
+
+def crit(check, prefix):
+    return next(x for x in check.criteria if x.name.startswith(prefix))
+
+
+def set_acc(tmp_path, res, tag, **kw):
+    """New npz files (new names: the bucket tables are cached per path) for every bucket of one result."""
+    for b in ("short", "medium", "long"):
+        res["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"{tag}_{b}.npz", 1000, 2.0, **kw)
+
+
+def set_sage(tmp_path, inputs, **kw):
+    set_acc(tmp_path, inputs.sage, "sg" + "_".join(f"{k}{v}" for k, v in kw.items()), **kw)
+
+
+def test_top1_is_judged_against_the_floor_not_an_absolute_99(tmp_path, inputs):
+    set_sage(tmp_path, inputs, flip=0.028)  # 97.2 %: fails the old absolute 99 %, 0.8 points below the floor (98 %)
+    c = by_id(ck.evaluate(inputs, ["logits", "context"], SPECS)[0])
+    top1 = crit(c["logits"], "top-1 agreement")
+    assert top1.value == pytest.approx(0.972) and top1.floor == pytest.approx(0.98)
+    assert top1.threshold == pytest.approx(0.97) and top1.passed
+    assert "0.80 points below the floor" in top1.note
+    assert crit(c["context"], "long (context").passed
+    set_sage(tmp_path, inputs, flip=0.031)  # 1.1 points below the floor
+    c = by_id(ck.evaluate(inputs, ["logits", "context"], SPECS)[0])
+    assert crit(c["logits"], "top-1 agreement").passed is False and c["logits"].status == "fail"
+    assert all(not x.passed for x in c["context"].criteria if "top-1" in x.name) and c["context"].status == "fail"
+
+
+def test_kl_limit_is_three_times_the_floor_with_an_absolute_minimum(tmp_path, inputs):
+    t = ck.default_thresholds()
+    assert ck.kl_limit(1e-5, t) == 1e-3 and ck.kl_limit(1e-3, t) == pytest.approx(3e-3)
+    set_acc(tmp_path, inputs.floor, "fl_small", kl=0.005)  # floor KL ~9e-5
+    set_sage(tmp_path, inputs, kl=0.02)  # ~1.4e-3: over 1e-3, the limit a small floor gets
+    checks, tables = ck.evaluate(inputs, ["logits"], SPECS)
+    kl = crit(by_id(checks)["logits"], "mean KL")
+    floor_kl = tables["floor"]["pooled"]["mean_kl"]
+    assert 0 < floor_kl < 1e-3 / 3 and kl.floor == floor_kl
+    assert kl.threshold == 1e-3 and kl.value > 1e-3 and kl.passed is False
+    assert tables["kl_limits"]["medium"] == 1e-3
+    set_sage(tmp_path, inputs, kl=0.01)  # ~3.5e-4: 4x the floor, but under the 1e-3 minimum
+    kl = crit(by_id(ck.evaluate(inputs, ["logits"], SPECS)[0])["logits"], "mean KL")
+    assert kl.value > 3 * kl.floor and kl.passed
+    # a larger floor (~3e-3) raises the limit to 3x of it: the 1.4e-3 sage now passes
+    set_acc(tmp_path, inputs.floor, "fl_large", kl=0.03)
+    set_sage(tmp_path, inputs, kl=0.02)
+    kl = crit(by_id(ck.evaluate(inputs, ["logits"], SPECS)[0])["logits"], "mean KL")
+    assert kl.threshold == pytest.approx(3 * kl.floor) and kl.threshold > 1e-3 and kl.passed
+
+
+def test_kl_above_three_floors_fails(tmp_path, inputs):
+    set_acc(tmp_path, inputs.floor, "fl3", kl=0.03)
+    set_sage(tmp_path, inputs, kl=0.06)  # ~4x the floor's KL
+    kl = crit(by_id(ck.evaluate(inputs, ["logits"], SPECS)[0])["logits"], "mean KL")
+    assert kl.value > 3 * kl.floor > 1e-3 and kl.passed is False
+
+
+def test_missing_floor_fails_never_passes(inputs):
+    inputs.floor = None
+    c = by_id(ck.evaluate(inputs, ["logits", "perplexity", "context"], SPECS)[0])
+    assert c["logits"].status == "fail" and c["context"].status == "fail"
+    top1 = crit(c["logits"], "top-1 agreement")
+    assert top1.passed is False and "floor (flashinfer) not measured" in top1.note and top1.threshold is None
+    assert c["perplexity"].status == "pass"  # |Δ ppl| is absolute; the floor is only shown beside it
+    inputs.floor = {"engine_started": False, "errors": {"engine_start": "ValueError: no flashinfer"}}
+    c = by_id(ck.evaluate(inputs, ["logits"], SPECS)[0])["logits"]
+    assert "no flashinfer" in crit(c, "top-1 agreement").note and c.status == "fail"
+
+
+def test_floor_on_other_positions_is_refused(tmp_path, inputs):
+    del inputs.floor["phases"]["accuracy"]["long"]  # floor pooled over 2 buckets, sage over 3
+    c = by_id(ck.evaluate(inputs, ["logits", "context"], SPECS)[0])
+    assert "not the same positions" in crit(c["logits"], "top-1 agreement").note
+    assert c["logits"].status == "fail"
+    long_top1 = next(x for x in c["context"].criteria if x.name.startswith("long") and "top-1" in x.name)
+    assert long_top1.passed is False
+    bad = tmp_path / "floor_bad.npz"
+    write_bucket(bad, 500, 2.0)
+    inputs.floor["phases"]["accuracy"]["medium"]["npz"] = str(bad)  # other token ids than the baseline's
+    checks, tables = ck.evaluate(inputs, ["context"], SPECS)
+    assert "not aligned" in tables["floor"]["medium"]["error"]
+    med = next(x for x in by_id(checks)["context"].criteria if x.name.startswith("medium") and "top-1" in x.name)
+    assert med.passed is False and "not aligned" in med.note
+
+
+def test_ppl_delta_shows_the_floor(tmp_path, inputs):
+    for b in ("short", "medium", "long"):
+        inputs.floor["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"fppl_{b}.npz", 1000, 2.001)
+    c = by_id(ck.evaluate(inputs, ["perplexity"], SPECS)[0])["perplexity"]
+    d = crit(c, "|relative Δ perplexity|")
+    assert d.floor == pytest.approx(math.exp(0.001) - 1) and d.value == 0.0 and d.passed
+
+
+def test_compare_configuration_is_shown_not_judged(tmp_path, inputs):
+    inputs.compare = {"fa3+fp8_e4m3": results(tmp_path, "c", 2.0, 0.0, "fa3", 0, 0.05, flip=0.05, kl=0.05),
+                      "fa3": None}
+    checks, tables = ck.evaluate(inputs, ["logits", "perplexity", "throughput"], SPECS)
+    c = by_id(checks)
+    assert c["logits"].status == "pass"  # a poor compared configuration does not fail sage
+    row = crit(c["logits"], "fa3+fp8_e4m3 vs baseline: top-1")
+    assert row.value == pytest.approx(0.95) and row.passed is None and row.floor == pytest.approx(0.98)
+    assert crit(c["logits"], "fa3 vs baseline").passed is None
+    assert tables["compare"]["fa3+fp8_e4m3"]["medium"]["positions"] == 1000 and tables["compare"]["fa3"] == {}
+    assert tables["throughput"]["compare"]["fa3+fp8_e4m3"][0]["input_tok_s"] > 0
+    assert crit(c["perplexity"], "fa3+fp8_e4m3: |relative").passed is None
+
+
+def speed_res(tmp_path, tag, backend, walls, counters=0, skip_32k=False):
+    r = results(tmp_path, tag, 2.0, 0.0, backend, counters, walls)
+    rows = []
+    for n in (4096, 32768):
+        for b in (1, 32):
+            row = {"shape": f"prefill {n // 1024}K", "kind": "prefill", "batch": b, "input_len": n, "output_len": 1,
+                   "walls_s": [walls * b * n / 4096], "input_tokens": b * n, "output_tokens": b,
+                   "mean_e2e_latency_s": walls}
+            if skip_32k and n == 32768 and b == 32:
+                row = {k: row[k] for k in ("shape", "kind", "batch", "input_len", "output_len")}
+                row["skipped"] = "time budget (12s left, ~40s needed)"
+            rows.append(row)
+    r["phases"] = {"throughput": rows}
+    return r
+
+
+def test_speed_model_rows_are_judged(tmp_path, inputs):
+    inputs.speed = {"baseline": speed_res(tmp_path, "sb", "triton", 0.1),
+                    "sage": speed_res(tmp_path, "ss", "sage_attn", 0.09, counters=64),
+                    "fa3+fp8_e4m3": speed_res(tmp_path, "sc", "fa3", 0.08)}
+    inputs.speed_label, inputs.speed_left_out = "Llama-3.1-8B geometry", ["decode 32K batch 32: too big"]
+    checks, tables = ck.evaluate(inputs, ["throughput"], SPECS)
+    c = by_id(checks)["throughput"]
+    assert c.status == "pass", [x.__dict__ for x in c.criteria if x.passed is False]
+    r = crit(c, "Llama-3.1-8B geometry: prefill 32K (prompt 32768, 1 new), batch 32")
+    assert r.value == pytest.approx(0.1 / 0.09)
+    assert crit(c, "Llama-3.1-8B geometry: sage prefill_8bit").value == 64
+    assert crit(c, "Llama-3.1-8B geometry: left out").value == "decode 32K batch 32: too big"
+    assert len(tables["speed"]["compare"]["fa3+fp8_e4m3"]) == 4
+    inputs.speed["sage"] = speed_res(tmp_path, "ss2", "sage_attn", 0.09, counters=0, skip_32k=True)
+    c = by_id(ck.evaluate(inputs, ["throughput"], SPECS)[0])["throughput"]
+    assert c.status == "fail"
+    assert "time budget" in crit(c, "Llama-3.1-8B geometry: prefill 32K (prompt 32768, 1 new), batch 32").note
+    assert crit(c, "Llama-3.1-8B geometry: sage prefill_8bit").passed is False
+    inputs.speed["sage"] = None  # stage never ran: every planned row fails, the check does not pass
+    c = by_id(ck.evaluate(inputs, ["throughput"], SPECS)[0])["throughput"]
+    assert c.status == "fail" and any("sage row missing" in x.note for x in c.criteria)
+
+
+def test_missing_smollm_rows_fail_even_when_the_speed_model_passes(tmp_path, inputs):
+    inputs.speed = {"baseline": speed_res(tmp_path, "sb", "triton", 0.1),
+                    "sage": speed_res(tmp_path, "ss", "sage_attn", 0.09, counters=64)}
+    inputs.sage["phases"].pop("throughput")
+    c = by_id(ck.evaluate(inputs, ["throughput"], SPECS)[0])["throughput"]
+    assert c.status == "fail" and any("sage row missing" in x.note for x in c.criteria)
+
+
+def test_report_has_floor_compare_and_speed_columns(tmp_path, inputs):
+    inputs.compare = {"fa3+fp8_e4m3": results(tmp_path, "c", 2.0, 0.0, "fa3", 0, 0.05, flip=0.05, kl=0.05)}
+    inputs.speed = {"baseline": speed_res(tmp_path, "sb", "triton", 0.1),
+                    "sage": speed_res(tmp_path, "ss", "sage_attn", 0.09, counters=64),
+                    "fa3+fp8_e4m3": speed_res(tmp_path, "sc", "fa3", 0.08)}
+    inputs.speed_label = "Llama-3.1-8B geometry"
+    checks, tables = ck.evaluate(inputs, list(ck.CHECK_IDS), SPECS)
+    rep = {"verdict": "pass", "environment": {"gpu": {"name": "NVIDIA H200"}},
+           "config": {"baseline_backend": "triton", "sage_backend": "sage_attn", "floor_backend": "flashinfer",
+                      "compare_configs": ["fa3+fp8_e4m3"]},
+           "speed_model": {"path": "/w/speed", "source": "Llama-3.1-8B geometry"},
+           "checks": [c.as_dict() for c in checks], "tables": tables}
+    md = report.render_md(rep)
+    assert "| check | criterion | measured | floor (flashinfer) | threshold | result | note |" in md
+    assert "| top-1 sage | top-1 floor | mean KL sage | mean KL floor | KL limit |" in md
+    assert "| medium | 1,000 | 100.00 % | 98.00 % |" in md
+    assert "### Compared configurations" in md and "| fa3+fp8_e4m3 | pooled | 3,000 | 95.00 % |" in md
+    assert "### Llama-3.1-8B geometry (dummy weights)" in md and "| sage/fa3+fp8_e4m3 |" in md
+    assert "- floor (another exact backend vs the baseline, same positions): `flashinfer`" in md
+    assert "- compared configurations: `fa3+fp8_e4m3`" in md
+    pytest.importorskip("matplotlib")
+    made = plots.make_all(tables, ck.default_thresholds(), tmp_path)
+    for name in ("context_buckets.png", "throughput.png", "throughput_speed_model.png"):
+        assert made[name] == name, made[name]
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_old_report_still_renders():
+    """A schema-1 report (noise_floor table, no floor/compare/speed keys) renders: `apply.py pr` may cite one."""
+    from pathlib import Path
+
+    old = json.loads((Path(__file__).resolve().parents[2] / "reports/0.5.17/nvidia-h200/report.json").read_text())
+    md = report.render_md(old)
+    assert "## Accuracy per context bucket" in md and "## Throughput" in md

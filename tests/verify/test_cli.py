@@ -164,3 +164,60 @@ def test_server_command_flags():
     assert "--skip-tokenizer-init" not in s and "--log-level error" not in s
     assert server.server_command("serve", kw, 1)[1:6] == ["-c", "from sglang.cli.main import main; main()", "serve",
                                                           "--model-type", "llm"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--floor-backend", "triton"], "--floor-backend 'triton' must differ from the baseline"),
+    (["--baseline-backend", "fa3", "--floor-backend", "fa3"], "must differ from the baseline (fa3)"),
+    (["--compare-config", "fa3+fp9"], "unknown KV cache dtype 'fp9'"),
+    (["--compare-config", "FA3 x"], "expected BACKEND[+KV_DTYPE]"),
+    (["--compare-config", "sage_attn+fp8_e4m3"], "sage_attn is always measured"),
+    (["--compare-config", "fa3", "--compare-config", "fa3"], "given twice"),
+    (["--resume"], "--resume needs --work-dir"),
+    (["--speed-prompts", "4096,x"], "--speed-prompts '4096,x'"),
+    (["--speed-batches", "0"], "integers >= 1"),
+    (["--speed-configs", "baseline,fa3"], "choose from all, baseline, sage"),
+    (["--threshold", "top1_min=0.99"], "unknown threshold 'top1_min'"),
+])
+def test_floor_compare_speed_usage_errors_exit_2(args, message):
+    p = run_verify(*args)
+    assert p.returncode == cli.EXIT_USAGE, p.stderr
+    assert message in p.stderr
+
+
+def test_compare_and_speed_parsing():
+    cfgs = cli.parse_compare(["fa3+fp8_e4m3", "flashinfer"], "sage_attn")
+    assert [(c.name, c.backend, c.kv_cache_dtype) for c in cfgs] == [("fa3+fp8_e4m3", "fa3", "fp8_e4m3"),
+                                                                      ("flashinfer", "flashinfer", None)]
+    assert cfgs[0].engine_extra() == {"kv_cache_dtype": "fp8_e4m3"} and cfgs[1].engine_extra() == {}
+    args = cli.build_parser().parse_args(["--compare-config", "fa3+fp8_e4m3", "--speed-model",
+                                          "--speed-configs", "sage,fa3+fp8_e4m3,sage"])
+    assert args.speed_model == "llama-3.1-8b"
+    assert cli.validate_args(args)[1] == ["sage", "fa3+fp8_e4m3"]
+    args = cli.build_parser().parse_args(["--compare-config", "fa3+fp8_e4m3"])
+    assert cli.validate_args(args)[1] == ["baseline", "sage", "fa3+fp8_e4m3"]
+    assert args.floor_backend == "flashinfer" and args.time_budget == 540
+
+
+def test_speed_plan():
+    shapes, left = workload.speed_plan([4096, 32768], [1, 32], 128, quick=False)
+    by = {s["name"]: s for s in shapes}
+    assert list(by) == ["prefill 4K", "prefill 32K", "decode 4K", "decode 32K"]
+    assert by["prefill 4K"]["reps"] == {"1": 3, "32": 2} and by["prefill 32K"]["reps"] == {"1": 3, "32": 1}
+    assert by["decode 4K"]["batches"] == [1, 32] and by["decode 32K"]["batches"] == [1]
+    assert len(left) == 1 and left[0].startswith("decode 32K batch 32: 1,052,672 KV tokens")
+    assert workload.speed_plan([4096], [1, 32], 0, quick=True) == (
+        [{"name": "prefill 4K", "kind": "prefill", "input_len": 4096, "output_len": 1, "batches": [1, 32],
+          "reps": {"1": 1, "32": 1}}], [])
+    with pytest.raises(ValueError):
+        workload.speed_plan([], [1], 8, quick=False)
+    w = workload.build_speed(128256, [1024], [1, 4], 8, quick=True)
+    assert len(w["tokens"]) >= 200_000 and max(w["tokens"]) < 128256 and w["left_out"] == []
+
+
+def test_speed_model_config(tmp_path):
+    m = model.resolve_speed_model("llama-3.1-8b", tmp_path)
+    assert m.config["num_attention_heads"] == 32 and m.config["num_key_value_heads"] == 8
+    assert m.vocab_size == 128256 and m.context_length == 131072 and not m.has_weights
+    with pytest.raises(model.ModelError, match="neither 'llama-3.1-8b' nor a directory"):
+        model.resolve_speed_model(str(tmp_path / "nope"), tmp_path)

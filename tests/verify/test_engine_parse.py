@@ -132,3 +132,59 @@ def test_mem_sampler_without_nvml(monkeypatch):
     s.start()
     s.stop()
     assert s.peak_mib is None
+
+
+def test_warm_count_and_reps():
+    assert engine_runner.warm_count(1, 32768) == 1
+    assert engine_runner.warm_count(32, 32768) == 2  # not a second 1M-token batch
+    assert engine_runner.warm_count(32, 4096) == 16
+    assert engine_runner.warm_count(32, 64) == 32
+    assert engine_runner._reps_of({"reps": {"1": 3, "32": 1}}, 32) == 1
+    assert engine_runner._reps_of({"reps": 2}, 7) == 2
+    assert engine_runner._reps_of({"reps": {"1": 3}}, 4) == 1
+
+
+class _StubEngine:
+    """Answers generate() instantly with max_new_tokens ids; records the batch sizes it was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def generate(self, input_ids, sampling_params, **_kw):
+        self.calls.append((len(input_ids), len(input_ids[0])))
+        n = sampling_params["max_new_tokens"]
+        return [{"output_ids": [7] * n, "meta_info": {"completion_tokens": n, "e2e_latency": 0.001}}
+                for _ in input_ids]
+
+    def flush_cache(self):
+        return None
+
+
+def _worker(tmp_path, shapes):
+    wl = tmp_path / "w.json"
+    wl.write_text(json.dumps({"tokens": list(range(100, 20100)), "throughput": shapes}))
+    job = {"tag": "t", "work_dir": str(tmp_path), "result_path": str(tmp_path / "r.json"), "workload_path": str(wl),
+           "engine_kwargs": {"attention_backend": "triton"}, "phases": ["throughput"], "signature": "abc"}
+    w = engine_runner.Worker(job)
+    w.engine = _StubEngine()
+    return w
+
+
+def test_throughput_rows_skip_what_does_not_fit_and_say_why(tmp_path):
+    shapes = [{"name": "prefill 1K", "kind": "prefill", "input_len": 1024, "output_len": 1, "batches": [1, 8],
+               "reps": {"1": 3, "8": 1}},
+              {"name": "decode 1K", "kind": "decode", "input_len": 1024, "output_len": 8, "batches": [1, 8],
+               "reps": {"1": 1, "8": 1}}]
+    w = _worker(tmp_path, shapes)
+    w.res.data["server_info"] = {"max_total_num_tokens": 4000}  # decode b=8 keeps 8 x 1032 tokens: too many
+    w.run_throughput()
+    rows = {(r["shape"], r["batch"]): r for r in w.res.data["phases"]["throughput"]}
+    assert rows[("prefill 1K", 1)]["walls_s"] and len(rows[("prefill 1K", 1)]["walls_s"]) == 3
+    assert rows[("prefill 1K", 8)]["input_tokens"] == 8 * 1024 and rows[("prefill 1K", 8)]["kind"] == "prefill"
+    assert "KV pool holds 4,000 tokens" in rows[("decode 1K", 8)]["skipped"]
+    assert rows[("decode 1K", 1)]["output_tokens"] == 8 and "ttft_wall_s" in rows[("decode 1K", 1)]
+    assert json.loads((tmp_path / "r.json").read_text())["job_signature"] == "abc"
+    w = _worker(tmp_path, shapes)
+    w.deadline = __import__("time").time() + 5  # less than any row needs
+    w.run_throughput()
+    assert all("time budget" in r["skipped"] for r in w.res.data["phases"]["throughput"])

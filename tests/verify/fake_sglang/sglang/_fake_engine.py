@@ -11,12 +11,29 @@ from pathlib import Path
 N_CAND = 64  # tokens that get real probability mass after each token
 CAND_MASS = 0.9
 LAYERS = 30
+# logit noise per backend (triton is exact here). sage_attn and the exact "floor" kernels share one noise
+# pattern (the fake corpus' top-1 flips concentrate on a few frequent tokens, so different patterns would make
+# the gap between them a lottery); an FP8 KV cache adds its own, larger noise.
+# FAKE_SGLANG_NOISE="sage_attn=0.6,..." overrides (tests of failing criteria).
+NOISE = {"sage_attn": 0.01, "flashinfer": 0.01, "fa3": 0.01, "torch_native": 0.01}
+FP8_KV_NOISE = 0.05
+
+
+def _noise(backend: str) -> float:
+    table = dict(NOISE)
+    for item in filter(None, os.environ.get("FAKE_SGLANG_NOISE", "").split(",")):
+        name, value = item.split("=")
+        table[name] = float(value)
+    return table.get(backend, 0.0)
 
 
 class Engine:
     def __init__(self, **kwargs) -> None:
         self.kw = kwargs
         self.backend = kwargs.get("attention_backend") or "fa3"
+        self.kv_cache_dtype = kwargs.get("kv_cache_dtype")
+        self.noise = _noise(self.backend)
+        self._lp_cache: dict[int, list[tuple[float, int]]] = {}
         cfg = Path(kwargs["model_path"]) / "config.json"
         self.vocab = int(json.loads(cfg.read_text()).get("vocab_size", 49152)) if cfg.is_file() else 49152
         self.cache: list[list[int]] = []
@@ -32,14 +49,21 @@ class Engine:
         return [(prev * 31 + j * 97 + 7) % self.vocab for j in range(N_CAND)]
 
     def _logprobs(self, prev: int) -> list[tuple[float, int]]:
-        """(log-prob, token) of the candidates after ``prev``, sorted descending."""
+        """(log-prob, token) of the candidates after ``prev``, sorted descending (cached per ``prev``)."""
+        hit = self._lp_cache.get(prev)
+        if hit is not None:
+            return hit
         logits = [3.0 * math.cos(prev * 0.37 + j * 1.3) - 0.08 * j for j in range(N_CAND)]
-        if self.backend == "sage_attn":
-            logits = [x + 0.003 * math.sin(prev * 1.7 + j) for j, x in enumerate(logits)]
+        if self.noise:
+            logits = [x + self.noise * math.sin(prev * 1.7 + j * 0.9) for j, x in enumerate(logits)]
+        if str(self.kv_cache_dtype or "").startswith("fp8"):
+            logits = [x + FP8_KV_NOISE * math.sin(prev * 0.3 + j * 2.1) for j, x in enumerate(logits)]
         m = max(logits)
         z = sum(math.exp(x - m) for x in logits)
         lps = [math.log(CAND_MASS) + (x - m) - math.log(z) for x in logits]
-        return sorted(zip(lps, self._cands(prev)), reverse=True)
+        out = sorted(zip(lps, self._cands(prev)), reverse=True)
+        self._lp_cache[prev] = out
+        return out
 
     def _lp_of(self, prev: int, tok: int) -> float:
         for lp, t in self._logprobs(prev):
@@ -132,7 +156,8 @@ class Engine:
         return {"success": True}
 
     def get_server_info(self) -> dict:
-        return {"attention_backend": self.backend, "max_total_num_tokens": 123456, "max_req_input_len": 8190,
+        return {"attention_backend": self.backend, "kv_cache_dtype": self.kv_cache_dtype or "auto",
+                "max_total_num_tokens": 123456 * (2 if self.kv_cache_dtype else 1), "max_req_input_len": 8190,
                 "chunked_prefill_size": 8192, "page_size": 1, "version": "0.0.0+fake",
                 "internal_states": [{"memory_usage": {"weight": 0.27, "kvcache": 2.8, "token_capacity": 123456}}]}
 
