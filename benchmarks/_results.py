@@ -34,6 +34,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
+
 @dataclass(frozen=True)
 class KernelBackendSpec:
     """One row family of the kernel benchmark.
@@ -84,7 +85,11 @@ E2E_MIN_DECODE_VS_FLASHINFER = 1.0
 # minimum speed-up) against each bf16 reference below.
 I11_KERNEL_GEOMETRY = "llama3-8b"
 I11_KERNEL_SPEED: tuple[tuple[int, float, float], ...] = (
-    (4096, 0.0, 1.0), (16384, 0.0, 1.3), (32768, 0.0, 1.3), (32768, 0.5, 1.3))
+    (4096, 0.0, 1.0),
+    (16384, 0.0, 1.3),
+    (32768, 0.0, 1.3),
+    (32768, 0.5, 1.3),
+)
 I11_KERNEL_REFERENCES: tuple[str, ...] = ("cudnn", "fa3")
 # Accuracy on random inputs whose K carries a per-(kv head, channel) offset drawn with std 2σ
 # (σ = 1, the std of the random K itself): bench_kernels.py --k-bias 2.0, its default.
@@ -178,8 +183,9 @@ def nvidia_smi_query(fields: str) -> list[str] | None:
     return [x.strip() for x in out.splitlines()[0].split(",")]
 
 
-def capture_env(argv: Sequence[str] | None = None, extra_files: dict[str, str | Path] | None = None,
-                with_torch: bool = True) -> dict[str, Any]:
+def capture_env(
+    argv: Sequence[str] | None = None, extra_files: dict[str, str | Path] | None = None, with_torch: bool = True
+) -> dict[str, Any]:
     """Environment of a run: GPU, driver, library versions, date, command line, git commit.
 
     ``extra_files`` maps a label to a file whose sha256 is recorded (kernel source, scripts).
@@ -191,9 +197,20 @@ def capture_env(argv: Sequence[str] | None = None, extra_files: dict[str, str | 
         "python": platform.python_version(),
         "hostname": platform.node(),
         "git": git_info(),
-        "versions": {n: pkg_version(n) for n in (
-            "torch", "triton", "sglang", "sglang-kernel", "flashinfer-python", "sageattention",
-            "transformers", "numpy", "matplotlib")},
+        "versions": {
+            n: pkg_version(n)
+            for n in (
+                "torch",
+                "triton",
+                "sglang",
+                "sglang-kernel",
+                "flashinfer-python",
+                "sageattention",
+                "transformers",
+                "numpy",
+                "matplotlib",
+            )
+        },
     }
     smi = nvidia_smi_query("name,driver_version,memory.total")
     if smi and len(smi) >= 3:
@@ -227,8 +244,15 @@ def capture_env(argv: Sequence[str] | None = None, extra_files: dict[str, str | 
 # Environment variables a result must name: they change what ran (the NVLink multicast switches
 # matter under tensor parallelism, see the GPU machine's notes).
 ENV_VARS_RECORDED: tuple[str, ...] = (
-    "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "SGLANG_SAGE_DECODE_BACKEND", "TRITON_INTERPRET",
-    "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
+    "PYTHONPATH",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "SGLANG_SAGE_DECODE_BACKEND",
+    "TRITON_INTERPRET",
+    "NCCL_NVLS_ENABLE",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+    "NVSHMEM_DISABLE_NVLS",
+)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -335,11 +359,11 @@ def fmt_len(n: float | None) -> str:
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub markdown table; cells are str()-ed and '|' is escaped."""
+
     def cell(x: Any) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "| " + " | ".join("---" for _ in headers) + " |"]
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
     for row in rows:
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
     return "\n".join(lines) + "\n"
@@ -351,11 +375,15 @@ def env_markdown(env: dict[str, Any]) -> str:
     git = env.get("git", {})
     items = [
         ("GPU", f"{env.get('gpu', '?')} (sm {env.get('capability', '?')}), driver {env.get('driver', '?')}"),
-        ("torch / CUDA / cuDNN",
-         f"{env.get('torch', v.get('torch'))} / {env.get('torch_cuda', '?')} / {env.get('cudnn', '?')}"),
+        (
+            "torch / CUDA / cuDNN",
+            f"{env.get('torch', v.get('torch'))} / {env.get('torch_cuda', '?')} / {env.get('cudnn', '?')}",
+        ),
         ("triton", env.get("triton", v.get("triton"))),
-        ("sglang / flashinfer / sageattention",
-         f"{v.get('sglang')} / {v.get('flashinfer-python')} / {v.get('sageattention')}"),
+        (
+            "sglang / flashinfer / sageattention",
+            f"{v.get('sglang')} / {v.get('flashinfer-python')} / {v.get('sageattention')}",
+        ),
         ("date (UTC)", env.get("date_utc")),
         ("project commit", f"{git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"),
         ("command", f"`{env.get('command')}`"),
@@ -404,8 +432,10 @@ def kernel_ratios(backends: dict[str, dict[str, Any]]) -> dict[str, float | None
 
 
 def _cfg_label(r: dict[str, Any]) -> str:
-    return (f"{r.get('geometry')} B={r.get('batch')} L={fmt_len(r.get('seq_len'))} "
-            f"prefix={round(100 * float(r.get('prefix_frac', 0)))}%")
+    return (
+        f"{r.get('geometry')} B={r.get('batch')} L={fmt_len(r.get('seq_len'))} "
+        f"prefix={round(100 * float(r.get('prefix_frac', 0)))}%"
+    )
 
 
 def evaluate_kernel_targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,18 +457,25 @@ def evaluate_kernel_targets(results: Sequence[dict[str, Any]]) -> list[dict[str,
         acc_ok = sage_cos is not None and sage_cos >= KERNEL_MIN_COS
         for other, thr in (("cudnn", KERNEL_MIN_VS_CUDNN), ("triton_extend", KERNEL_MIN_VS_TRITON)):
             ratio = (r.get("ratios") or {}).get(f"sage_vs_{other}")
-            t = {"target": f"kernel sage/{other} >= {thr}x", "config": _cfg_label(r), "value": ratio,
-                 "threshold": thr, "sage_cos": sage_cos, "issue": 5}
+            t = {
+                "target": f"kernel sage/{other} >= {thr}x",
+                "config": _cfg_label(r),
+                "value": ratio,
+                "threshold": thr,
+                "sage_cos": sage_cos,
+                "issue": 5,
+            }
             o = b.get(other) or {}
             if other == "cudnn" and _ok(o) and o.get("mask_method") == "dense_mask":
-                t.update(status="N/A", detail=f"cuDNN ran with {o.get('mask_method')} (no native "
-                                              f"bottom-right causal); ratio {fmt(ratio)}x not comparable")
+                t.update(
+                    status="N/A",
+                    detail=f"cuDNN ran with {o.get('mask_method')} (no native "
+                    f"bottom-right causal); ratio {fmt(ratio)}x not comparable",
+                )
             elif ratio is None:
-                t.update(status="N/A", detail=f"missing: sage={(sage or {}).get('status')}, "
-                                              f"{other}={o.get('status')}")
+                t.update(status="N/A", detail=f"missing: sage={(sage or {}).get('status')}, {other}={o.get('status')}")
             elif not acc_ok:
-                t.update(status="FAIL", detail=f"{ratio:.2f}x but sage cos={fmt(sage_cos, '.4f')} "
-                                               f"< {KERNEL_MIN_COS}")
+                t.update(status="FAIL", detail=f"{ratio:.2f}x but sage cos={fmt(sage_cos, '.4f')} < {KERNEL_MIN_COS}")
             else:
                 t.update(status="PASS" if ratio >= thr else "FAIL", detail=f"{ratio:.2f}x")
             if _ok(sage) and _ok(o) and sage.get("ms_planned"):
@@ -448,11 +485,16 @@ def evaluate_kernel_targets(results: Sequence[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def _find_shape(results: Sequence[dict[str, Any]], geometry: str, batch: int, seq_len: int,
-                prefix_frac: float) -> dict[str, Any] | None:
+def _find_shape(
+    results: Sequence[dict[str, Any]], geometry: str, batch: int, seq_len: int, prefix_frac: float
+) -> dict[str, Any] | None:
     for r in results:
-        if (r.get("geometry") == geometry and int(r.get("batch", 0)) == batch
-                and int(r.get("seq_len", 0)) == seq_len and abs(float(r.get("prefix_frac", 0)) - prefix_frac) < 1e-9):
+        if (
+            r.get("geometry") == geometry
+            and int(r.get("batch", 0)) == batch
+            and int(r.get("seq_len", 0)) == seq_len
+            and abs(float(r.get("prefix_frac", 0)) - prefix_frac) < 1e-9
+        ):
             return r
     return None
 
@@ -479,18 +521,30 @@ def evaluate_kernel_targets_i11(results: Sequence[dict[str, Any]], k_bias: float
             r = _find_shape(results, I11_KERNEL_GEOMETRY, 1, length, pf)
             where = f"{I11_KERNEL_GEOMETRY} B=1 L={fmt_len(length)} prefix={round(pf * 100)}%"
             for ref in I11_KERNEL_REFERENCES:
-                t: dict[str, Any] = {"issue": 11, "target": f"kernel {cand}/{ref} >= {thr}x", "config": where,
-                                     "candidate": cand, "reference": ref, "threshold": thr, "value": None}
+                t: dict[str, Any] = {
+                    "issue": 11,
+                    "target": f"kernel {cand}/{ref} >= {thr}x",
+                    "config": where,
+                    "candidate": cand,
+                    "reference": ref,
+                    "threshold": thr,
+                    "value": None,
+                }
                 b = (r or {}).get("backends") or {}
                 c, o = b.get(cand), b.get(ref)
                 if r is None:
                     t.update(status="N/A", detail="shape not run")
                 elif ref == "cudnn" and _ok(o) and o.get("mask_method") == "dense_mask":
-                    t.update(status="N/A", detail="cuDNN has no native bottom-right causal mask with a prefix (ran "
-                                                  "a dense mask); FA3 is the reference at this shape")
+                    t.update(
+                        status="N/A",
+                        detail="cuDNN has no native bottom-right causal mask with a prefix (ran "
+                        "a dense mask); FA3 is the reference at this shape",
+                    )
                 elif not (_ok(c) and _ok(o)):
-                    t.update(status="N/A", detail=f"missing: {cand}={(c or {}).get('status')}, "
-                                                  f"{ref}={(o or {}).get('status')}")
+                    t.update(
+                        status="N/A",
+                        detail=f"missing: {cand}={(c or {}).get('status')}, {ref}={(o or {}).get('status')}",
+                    )
                 else:
                     ratio = o["ms"] / c["ms"]
                     t["value"] = ratio
@@ -502,9 +556,14 @@ def evaluate_kernel_targets_i11(results: Sequence[dict[str, Any]], k_bias: float
                         t.update(status="PASS" if ratio >= thr else "FAIL", detail=base)
                 out.append(t)
         for key, thr, worse, what in (("rel_l1", I11_MAX_REL_L1, max, "<="), ("cos", I11_MIN_COS, min, ">=")):
-            t = {"issue": 11, "target": f"kernel {cand} accuracy {'rel L1' if key == 'rel_l1' else 'cosine'} "
-                                        f"vs fp32 {what} {thr}", "config": f"{len(ran)} shapes, K offset std {k_bias}",
-                 "candidate": cand, "threshold": thr, "value": None}
+            t = {
+                "issue": 11,
+                "target": f"kernel {cand} accuracy {'rel L1' if key == 'rel_l1' else 'cosine'} vs fp32 {what} {thr}",
+                "config": f"{len(ran)} shapes, K offset std {k_bias}",
+                "candidate": cand,
+                "threshold": thr,
+                "value": None,
+            }
             vals = [(r["backends"][cand].get(key), _cfg_label(r)) for r in ran]
             vals = [(v, lab) for v, lab in vals if v is not None]
             if k_bias is None or abs(float(k_bias) - I11_K_BIAS) > 1e-9:
@@ -514,8 +573,11 @@ def evaluate_kernel_targets_i11(results: Sequence[dict[str, Any]], k_bias: float
             else:
                 v, lab = worse(vals, key=lambda x: x[0])
                 ok = v <= thr if key == "rel_l1" else v >= thr
-                t.update(value=v, status="PASS" if ok else "FAIL",
-                         detail=f"worst {v:.5f} at {lab}" if key == "cos" else f"worst {100 * v:.2f} % at {lab}")
+                t.update(
+                    value=v,
+                    status="PASS" if ok else "FAIL",
+                    detail=f"worst {v:.5f} at {lab}" if key == "cos" else f"worst {100 * v:.2f} % at {lab}",
+                )
             out.append(t)
     return out
 
@@ -532,8 +594,11 @@ def targets_markdown(targets: Sequence[dict[str, Any]]) -> str:
     for issue in issues:
         sub = [t for t in targets if int(t.get("issue", 5)) == issue]
         n_pass = sum(t["status"] == "PASS" for t in sub)
-        parts.append(f"\n## Targets (issue #{issue}): {n_pass} of {len(sub)} PASS\n\n```\n"
-                     + "\n".join(target_lines(sub)) + "\n```\n")
+        parts.append(
+            f"\n## Targets (issue #{issue}): {n_pass} of {len(sub)} PASS\n\n```\n"
+            + "\n".join(target_lines(sub))
+            + "\n```\n"
+        )
     return "".join(parts)
 
 
@@ -554,8 +619,9 @@ def _doc_header(title: str, doc: dict[str, Any]) -> list[str]:
     parts = [f"# {title} ({doc.get('env', {}).get('gpu', '?')})\n\n", env_markdown(doc.get("env", {})), "\n"]
     cfg = doc.get("config", {})
     if cfg:
-        parts.append("Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.items()
-                                              if not isinstance(v, (dict, list))) + "\n\n")
+        parts.append(
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if not isinstance(v, (dict, list))) + "\n\n"
+        )
     return parts
 
 
@@ -569,8 +635,13 @@ def kernel_backends_present(results: Sequence[dict[str, Any]]) -> list[str]:
 def _ratio_columns(present: Sequence[str]) -> list[tuple[str, str]]:
     """(candidate, other) pairs shown as speed-up columns."""
     no_col = {b.name for b in KERNEL_BACKEND_SPECS if not b.ratio_column}
-    return [(c, o) for c in KERNEL_CANDIDATES if c in present for o in present
-            if o != c and o not in no_col and o not in KERNEL_CANDIDATES]
+    return [
+        (c, o)
+        for c in KERNEL_CANDIDATES
+        if c in present
+        for o in present
+        if o != c and o not in no_col and o not in KERNEL_CANDIDATES
+    ]
 
 
 def _short(name: str) -> str:
@@ -581,8 +652,9 @@ def _acc_cell(e: dict[str, Any]) -> str:
     if e.get("cos") is None:
         return "–"
     l1 = e.get("rel_l1")
-    return (f"{fmt(e.get('cos'), '.5f')} ({fmt(e.get('min_cos'), '.4f')})"
-            + (f" L1 {100 * l1:.2f}%" if l1 is not None else ""))
+    return f"{fmt(e.get('cos'), '.5f')} ({fmt(e.get('min_cos'), '.4f')})" + (
+        f" L1 {100 * l1:.2f}%" if l1 is not None else ""
+    )
 
 
 def render_kernel_markdown(doc: dict[str, Any]) -> str:
@@ -591,22 +663,31 @@ def render_kernel_markdown(doc: dict[str, Any]) -> str:
     present = kernel_backends_present(results)
     labels = {n: KERNEL_LABELS.get(n, n) for n in present}
     parts = _doc_header("Attention kernel benchmark", doc)
-    parts.append("Time in ms (median of `triton.testing.do_bench`), TFLOPS in parentheses "
-                 "(causal FLOPs `4·B·Hq·D·(Lq·Lkv − Lq²/2)`). `*`: ran with a dense mask "
-                 "(no native bottom-right causal). Ratios are time(other)/time(sage_attn), where "
-                 "sage_attn is the whole stand-alone `sage_extend_attention` call (host plan from the "
-                 "indptrs, K smoothing, quantization, attention); \"plan prebuilt\" is the per-layer "
-                 "call inside SGLang (the plan is built once per batch for all layers). FA3 rows are "
-                 "`sgl_kernel.flash_attn_with_kvcache` over the same paged pool (page size 1, a "
-                 "`req_to_token`-like page table), as SGLang's fa3 backend calls it; FA3 FP8 reads an "
-                 "e4m3 copy of that pool and casts Q inside the timed call, as SGLang does with "
-                 "`--kv-cache-dtype fp8_e4m3`.\n\n")
+    parts.append(
+        "Time in ms (median of `triton.testing.do_bench`), TFLOPS in parentheses "
+        "(causal FLOPs `4·B·Hq·D·(Lq·Lkv − Lq²/2)`). `*`: ran with a dense mask "
+        "(no native bottom-right causal). Ratios are time(other)/time(sage_attn), where "
+        "sage_attn is the whole stand-alone `sage_extend_attention` call (host plan from the "
+        'indptrs, K smoothing, quantization, attention); "plan prebuilt" is the per-layer '
+        "call inside SGLang (the plan is built once per batch for all layers). FA3 rows are "
+        "`sgl_kernel.flash_attn_with_kvcache` over the same paged pool (page size 1, a "
+        "`req_to_token`-like page table), as SGLang's fa3 backend calls it; FA3 FP8 reads an "
+        "e4m3 copy of that pool and casts Q inside the timed call, as SGLang does with "
+        "`--kv-cache-dtype fp8_e4m3`.\n\n"
+    )
     ratio_cols = _ratio_columns(present)
-    planned = [c for c in KERNEL_CANDIDATES
-               if any(((r.get("backends") or {}).get(c) or {}).get("ms_planned") is not None for r in results)]
-    headers = ["shape", "Lq/Lkv", *[labels[b] for b in present],
-               *[f"{_short(c)}/{_short(o)}" for c, o in ratio_cols],
-               *[f"{labels[c]}, plan prebuilt" for c in planned]]
+    planned = [
+        c
+        for c in KERNEL_CANDIDATES
+        if any(((r.get("backends") or {}).get(c) or {}).get("ms_planned") is not None for r in results)
+    ]
+    headers = [
+        "shape",
+        "Lq/Lkv",
+        *[labels[b] for b in present],
+        *[f"{_short(c)}/{_short(o)}" for c, o in ratio_cols],
+        *[f"{labels[c]}, plan prebuilt" for c in planned],
+    ]
     rows = []
     for r in results:
         b = r.get("backends", {})
@@ -614,23 +695,34 @@ def render_kernel_markdown(doc: dict[str, Any]) -> str:
         cells = []
         for c in planned:
             e = b.get(c) or {}
-            cells.append(f"{fmt(e.get('ms_planned'), '.3f')} ({fmt(e.get('tflops_planned'), '.0f')})"
-                         if e.get("ms_planned") is not None else "–")
-        rows.append([_cfg_label(r), f"{fmt_len(r.get('lq'))}/{fmt_len(r.get('lkv'))}",
-                     *[_backend_cell(b.get(n)) for n in present],
-                     *[fmt(ra.get(f"{c}_vs_{o}")) for c, o in ratio_cols], *cells])
+            cells.append(
+                f"{fmt(e.get('ms_planned'), '.3f')} ({fmt(e.get('tflops_planned'), '.0f')})"
+                if e.get("ms_planned") is not None
+                else "–"
+            )
+        rows.append(
+            [
+                _cfg_label(r),
+                f"{fmt_len(r.get('lq'))}/{fmt_len(r.get('lkv'))}",
+                *[_backend_cell(b.get(n)) for n in present],
+                *[fmt(ra.get(f"{c}_vs_{o}")) for c, o in ratio_cols],
+                *cells,
+            ]
+        )
     parts.append(markdown_table(headers, rows))
-    parts.append("\n## Accuracy (cosine vs exact fp32 attention on sampled query rows; "
-                 "min over rows×heads in parentheses; relative L1 over the same rows)\n\n")
+    parts.append(
+        "\n## Accuracy (cosine vs exact fp32 attention on sampled query rows; "
+        "min over rows×heads in parentheses; relative L1 over the same rows)\n\n"
+    )
     rows = []
     for r in results:
         b = r.get("backends", {})
         sage = b.get("sage") or {}
-        rows.append([_cfg_label(r), *[_acc_cell(b.get(n) or {}) for n in present],
-                     fmt(sage.get("cos_vs_sdpa"), ".5f")])
+        rows.append([_cfg_label(r), *[_acc_cell(b.get(n) or {}) for n in present], fmt(sage.get("cos_vs_sdpa"), ".5f")])
     parts.append(markdown_table(["shape", *[labels[n] for n in present], "sage vs SDPA (full)"], rows))
-    targets = doc.get("targets") or (evaluate_kernel_targets_i11(results, (doc.get("config") or {}).get("k_bias"))
-                                     + evaluate_kernel_targets(results))
+    targets = doc.get("targets") or (
+        evaluate_kernel_targets_i11(results, (doc.get("config") or {}).get("k_bias")) + evaluate_kernel_targets(results)
+    )
     if targets:
         parts.append(targets_markdown(targets))
     notes = []
@@ -665,8 +757,9 @@ def plot_kernel(doc: dict[str, Any], path: str | Path) -> Path:
     plt = _plt()
     results = doc.get("results", [])
     present = kernel_backends_present(results)
-    panels = sorted({(r.get("geometry"), float(r.get("prefix_frac", 0))) for r in results},
-                    key=lambda x: (str(x[0]), x[1]))
+    panels = sorted(
+        {(r.get("geometry"), float(r.get("prefix_frac", 0))) for r in results}, key=lambda x: (str(x[0]), x[1])
+    )
     if not panels:
         panels = [("no data", 0.0)]
     ncols = min(2, len(panels))
@@ -678,13 +771,22 @@ def plot_kernel(doc: dict[str, Any], path: str | Path) -> Path:
         for batch in sorted({int(r.get("batch", 1)) for r in sub}):
             rs = sorted((r for r in sub if int(r.get("batch", 1)) == batch), key=lambda r: r["seq_len"])
             for n in present:
-                pts = [(r["seq_len"], r["backends"][n]["tflops"]) for r in rs
-                       if _ok(r.get("backends", {}).get(n)) and r["backends"][n].get("tflops")]
+                pts = [
+                    (r["seq_len"], r["backends"][n]["tflops"])
+                    for r in rs
+                    if _ok(r.get("backends", {}).get(n)) and r["backends"][n].get("tflops")
+                ]
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", color=colors.get(n), linestyle="-" if batch == 1 else "--",
-                        label=f"{KERNEL_LABELS.get(n, n)} B={batch}")
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    color=colors.get(n),
+                    linestyle="-" if batch == 1 else "--",
+                    label=f"{KERNEL_LABELS.get(n, n)} B={batch}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("total tokens per sequence (L)")
         ax.set_ylabel("TFLOPS (causal)")
@@ -692,7 +794,7 @@ def plot_kernel(doc: dict[str, Any], path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"Attention kernels on {doc.get('env', {}).get('gpu', '?')} (bf16, causal)")
     fig.tight_layout()
@@ -774,8 +876,12 @@ def evaluate_e2e_targets(results: Sequence[dict[str, Any]]) -> list[dict[str, An
                 continue
             a = e2e_value(s, "prefill", E2E_PREFILL_LEN, "ms")
             b = e2e_value(by.get(base), "prefill", E2E_PREFILL_LEN, "ms")
-            t = {"target": f"e2e {fmt_len(E2E_PREFILL_LEN)} prefill {sage_cfg} vs {base} >= {thr}x",
-                 "config": sage_cfg, "threshold": thr, "issue": 5}
+            t = {
+                "target": f"e2e {fmt_len(E2E_PREFILL_LEN)} prefill {sage_cfg} vs {base} >= {thr}x",
+                "config": sage_cfg,
+                "threshold": thr,
+                "issue": 5,
+            }
             if a is None or b is None or a <= 0:
                 t.update(status="N/A", value=None, detail=f"missing prefill time ({sage_cfg}={a}, {base}={b})")
             else:
@@ -784,23 +890,30 @@ def evaluate_e2e_targets(results: Sequence[dict[str, Any]]) -> list[dict[str, An
                 if ran_8bit is False:
                     t.update(status="FAIL", detail=f"{ratio:.2f}x but the sage counters show no 8-bit prefill")
                 else:
-                    t.update(status="PASS" if ratio >= thr else "FAIL",
-                             detail=f"{ratio:.2f}x ({b:.1f} ms -> {a:.1f} ms)")
+                    t.update(
+                        status="PASS" if ratio >= thr else "FAIL", detail=f"{ratio:.2f}x ({b:.1f} ms -> {a:.1f} ms)"
+                    )
             out.append(t)
         for length in sorted(set(e2e_lengths([s])) & set(e2e_lengths([by.get("flashinfer", {})]))):
             if not lo <= length <= hi:
                 continue
             a = e2e_value(s, "decode", length, "tok_s")
             b = e2e_value(by.get("flashinfer"), "decode", length, "tok_s")
-            t = {"target": f"e2e decode @{fmt_len(length)} {sage_cfg} vs flashinfer >= "
-                           f"{E2E_MIN_DECODE_VS_FLASHINFER}x", "config": sage_cfg,
-                 "threshold": E2E_MIN_DECODE_VS_FLASHINFER, "issue": 5}
+            t = {
+                "target": f"e2e decode @{fmt_len(length)} {sage_cfg} vs flashinfer >= {E2E_MIN_DECODE_VS_FLASHINFER}x",
+                "config": sage_cfg,
+                "threshold": E2E_MIN_DECODE_VS_FLASHINFER,
+                "issue": 5,
+            }
             if a is None or b is None or b <= 0:
                 t.update(status="N/A", value=None, detail=f"missing decode tok/s ({sage_cfg}={a}, flashinfer={b})")
             else:
                 ratio = a / b
-                t.update(value=ratio, status="PASS" if ratio >= E2E_MIN_DECODE_VS_FLASHINFER else "FAIL",
-                         detail=f"{ratio:.3f}x ({a:.1f} vs {b:.1f} tok/s)")
+                t.update(
+                    value=ratio,
+                    status="PASS" if ratio >= E2E_MIN_DECODE_VS_FLASHINFER else "FAIL",
+                    detail=f"{ratio:.3f}x ({a:.1f} vs {b:.1f} tok/s)",
+                )
             out.append(t)
     return out
 
@@ -825,26 +938,52 @@ def evaluate_e2e_targets_i11(results: Sequence[dict[str, Any]]) -> list[dict[str
         ran, ran_detail = sage_ranks_ran(s)
         tp = e2e_tp(s)
         if tp > 1:
-            t = {"issue": 16, "target": f"e2e {cfg} tp={tp}: 8-bit prefill ran on every TP rank", "config": cfg,
-                 "threshold": tp, "value": None}
+            t = {
+                "issue": 16,
+                "target": f"e2e {cfg} tp={tp}: 8-bit prefill ran on every TP rank",
+                "config": cfg,
+                "threshold": tp,
+                "value": None,
+            }
             if ran is None:
                 t.update(status="N/A", detail=ran_detail)
             else:
-                n_ok = sum(1 for r in range(tp) if int((((s.get("sage_stats") or {}).get("per_rank") or {})
-                                                        .get(str(r)) or {}).get("prefill_8bit_batches", 0)) > 0)
+                n_ok = sum(
+                    1
+                    for r in range(tp)
+                    if int(
+                        (((s.get("sage_stats") or {}).get("per_rank") or {}).get(str(r)) or {}).get(
+                            "prefill_8bit_batches", 0
+                        )
+                    )
+                    > 0
+                )
                 t.update(status="PASS" if ran else "FAIL", value=n_ok, detail=ran_detail)
             out.append(t)
         if base is None:
             continue
         if e2e_tp(base) != tp:
-            out.append({"issue": 11, "target": f"e2e {cfg} vs {I11_E2E_BASE}", "config": cfg, "status": "N/A",
-                        "value": None, "detail": f"tp differs ({cfg} tp={tp}, {I11_E2E_BASE} tp={e2e_tp(base)})"})
+            out.append(
+                {
+                    "issue": 11,
+                    "target": f"e2e {cfg} vs {I11_E2E_BASE}",
+                    "config": cfg,
+                    "status": "N/A",
+                    "value": None,
+                    "detail": f"tp differs ({cfg} tp={tp}, {I11_E2E_BASE} tp={e2e_tp(base)})",
+                }
+            )
             continue
         for length, thr in I11_E2E_PREFILL:
             a = e2e_value(s, "prefill", length, "ms")
             b = e2e_value(base, "prefill", length, "ms")
-            t = {"issue": 11, "target": f"e2e prefill {fmt_len(length)} {cfg} vs {I11_E2E_BASE} >= {thr}x",
-                 "config": cfg, "threshold": thr, "value": None}
+            t = {
+                "issue": 11,
+                "target": f"e2e prefill {fmt_len(length)} {cfg} vs {I11_E2E_BASE} >= {thr}x",
+                "config": cfg,
+                "threshold": thr,
+                "value": None,
+            }
             if a is None or b is None or a <= 0:
                 t.update(status="N/A", detail=f"missing prefill time ({cfg}={a}, {I11_E2E_BASE}={b})")
             else:
@@ -852,8 +991,11 @@ def evaluate_e2e_targets_i11(results: Sequence[dict[str, Any]]) -> list[dict[str
                 t["value"] = ratio
                 base_txt = f"{ratio:.3f}x ({I11_E2E_BASE} {b:.1f} ms, {cfg} {a:.1f} ms)"
                 if ran is False:
-                    t.update(status="FAIL", detail=f"{base_txt} but the counters say the 8-bit prefill did not run "
-                                                   f"everywhere: {ran_detail}")
+                    t.update(
+                        status="FAIL",
+                        detail=f"{base_txt} but the counters say the 8-bit prefill did not run "
+                        f"everywhere: {ran_detail}",
+                    )
                 else:
                     t.update(status="PASS" if ratio >= thr else "FAIL", detail=base_txt)
             out.append(t)
@@ -862,15 +1004,22 @@ def evaluate_e2e_targets_i11(results: Sequence[dict[str, Any]]) -> list[dict[str
             b = e2e_value(base, "decode", length, "tok_s")
             if a is None and b is None:
                 continue
-            t = {"issue": 11, "target": f"e2e decode @{fmt_len(length)} {cfg} vs {I11_E2E_BASE} >= "
-                                        f"{I11_E2E_MIN_DECODE}x (unchanged)", "config": cfg,
-                 "threshold": I11_E2E_MIN_DECODE, "value": None}
+            t = {
+                "issue": 11,
+                "target": f"e2e decode @{fmt_len(length)} {cfg} vs {I11_E2E_BASE} >= {I11_E2E_MIN_DECODE}x (unchanged)",
+                "config": cfg,
+                "threshold": I11_E2E_MIN_DECODE,
+                "value": None,
+            }
             if a is None or b is None or b <= 0:
                 t.update(status="N/A", detail=f"missing decode tok/s ({cfg}={a}, {I11_E2E_BASE}={b})")
             else:
                 ratio = a / b
-                t.update(value=ratio, status="PASS" if ratio >= I11_E2E_MIN_DECODE else "FAIL",
-                         detail=f"{ratio:.3f}x ({a:.1f} vs {b:.1f} tok/s)")
+                t.update(
+                    value=ratio,
+                    status="PASS" if ratio >= I11_E2E_MIN_DECODE else "FAIL",
+                    detail=f"{ratio:.3f}x ({a:.1f} vs {b:.1f} tok/s)",
+                )
             out.append(t)
     return out
 
@@ -889,8 +1038,10 @@ def _rank_cell(rec: dict[str, Any]) -> str:
     stats = rec.get("sage_stats") or {}
     per_rank = stats.get("per_rank")
     if per_rank:
-        return " / ".join(f"r{r}: {int((c or {}).get('prefill_8bit_batches', 0))}"
-                          for r, c in sorted(per_rank.items(), key=lambda x: int(x[0])))
+        return " / ".join(
+            f"r{r}: {int((c or {}).get('prefill_8bit_batches', 0))}"
+            for r, c in sorted(per_rank.items(), key=lambda x: int(x[0]))
+        )
     return str((stats.get("counters") or {}).get("prefill_8bit_batches", "–"))
 
 
@@ -901,21 +1052,37 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
     order = _e2e_order(results)
     by = _e2e_by_config(results)
     parts = _doc_header("End-to-end SGLang benchmark", doc)
-    parts.append("Prefill: wall latency of `Engine.generate(max_new_tokens=1)`, minimum over repeats "
-                 "(fresh random prompt each time, so the radix cache never hits), after one warm-up call "
-                 "per length. Decode: tokens/s at batch 1 between the first and the last streamed chunk "
-                 "(`completion_tokens` difference over the time between them) of a request whose prompt "
-                 "is the last prefill prompt (a radix hit, so the context is the prompt length); results "
-                 "from before that method used `(n-1) / (T(n) - T(1))` (`method` in the JSON).\n\n")
-    headers = ["config", "status", "tp", *[f"prefill {fmt_len(x)} ms" for x in lengths],
-               *[f"decode {fmt_len(x)} tok/s" for x in lengths], "startup s", "sage 8-bit prefills (per rank)"]
+    parts.append(
+        "Prefill: wall latency of `Engine.generate(max_new_tokens=1)`, minimum over repeats "
+        "(fresh random prompt each time, so the radix cache never hits), after one warm-up call "
+        "per length. Decode: tokens/s at batch 1 between the first and the last streamed chunk "
+        "(`completion_tokens` difference over the time between them) of a request whose prompt "
+        "is the last prefill prompt (a radix hit, so the context is the prompt length); results "
+        "from before that method used `(n-1) / (T(n) - T(1))` (`method` in the JSON).\n\n"
+    )
+    headers = [
+        "config",
+        "status",
+        "tp",
+        *[f"prefill {fmt_len(x)} ms" for x in lengths],
+        *[f"decode {fmt_len(x)} tok/s" for x in lengths],
+        "startup s",
+        "sage 8-bit prefills (per rank)",
+    ]
     rows = []
     for c in order:
         r = by[c]
-        rows.append([c, r.get("status", "?"), e2e_tp(r),
-                     *[fmt(e2e_value(r, "prefill", x, "ms"), ".1f") for x in lengths],
-                     *[fmt(e2e_value(r, "decode", x, "tok_s"), ".1f") for x in lengths],
-                     fmt(r.get("startup_s"), ".0f"), _rank_cell(r) if c in E2E_SAGE_CONFIGS else ""])
+        rows.append(
+            [
+                c,
+                r.get("status", "?"),
+                e2e_tp(r),
+                *[fmt(e2e_value(r, "prefill", x, "ms"), ".1f") for x in lengths],
+                *[fmt(e2e_value(r, "decode", x, "tok_s"), ".1f") for x in lengths],
+                fmt(r.get("startup_s"), ".0f"),
+                _rank_cell(r) if c in E2E_SAGE_CONFIGS else "",
+            ]
+        )
     parts.append(markdown_table(headers, rows))
     ratio_rows = []
     for c in order if lengths else []:
@@ -934,8 +1101,12 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
             ratio_rows.append([f"{c} vs {base}", *cells])
     if ratio_rows:
         parts.append("\n## Speed-ups (prefill: time ratio; decode: tok/s ratio; >1 = sage faster)\n\n")
-        parts.append(markdown_table(["pair", *[f"prefill {fmt_len(x)}" for x in lengths],
-                                     *[f"decode {fmt_len(x)}" for x in lengths]], ratio_rows))
+        parts.append(
+            markdown_table(
+                ["pair", *[f"prefill {fmt_len(x)}" for x in lengths], *[f"decode {fmt_len(x)}" for x in lengths]],
+                ratio_rows,
+            )
+        )
     targets = doc.get("targets") or e2e_all_targets(results)
     if targets:
         parts.append(targets_markdown(targets))
@@ -947,19 +1118,23 @@ def render_e2e_markdown(doc: dict[str, Any]) -> str:
             notes.append(f"- {c} engine args: `{json.dumps(args, sort_keys=True)}`")
         res = r.get("resolved") or {}
         if res:
-            notes.append(f"- {c} resolved: attention_backend={res.get('attention_backend')}, prefill/decode="
-                         f"{res.get('prefill_attention_backend')}/{res.get('decode_attention_backend')}, "
-                         f"kv_cache_dtype={res.get('kv_cache_dtype')}, page_size={res.get('page_size')}, "
-                         f"context_length={res.get('context_length')}, max_total_tokens={res.get('max_total_tokens')}")
+            notes.append(
+                f"- {c} resolved: attention_backend={res.get('attention_backend')}, prefill/decode="
+                f"{res.get('prefill_attention_backend')}/{res.get('decode_attention_backend')}, "
+                f"kv_cache_dtype={res.get('kv_cache_dtype')}, page_size={res.get('page_size')}, "
+                f"context_length={res.get('context_length')}, max_total_tokens={res.get('max_total_tokens')}"
+            )
         for e in r.get("errors", []) or []:
             notes.append(f"- {c}: {str(e)[:400]}")
         if r.get("reason"):
             notes.append(f"- {c}: {r['reason']}")
         mem = r.get("gpu_mem")
         if mem:
-            notes.append(f"- {c}: GPU memory used (MiB) before start / after shutdown: "
-                         f"{mem.get('before_mib')} / {mem.get('after_shutdown_mib')}"
-                         f"{' (NOT FREED)' if mem.get('leak') else ''}")
+            notes.append(
+                f"- {c}: GPU memory used (MiB) before start / after shutdown: "
+                f"{mem.get('before_mib')} / {mem.get('after_shutdown_mib')}"
+                f"{' (NOT FREED)' if mem.get('leak') else ''}"
+            )
     if notes:
         parts.append("\n## Notes\n\n" + "\n".join(notes) + "\n")
     return "".join(parts)
@@ -974,8 +1149,13 @@ def plot_e2e(doc: dict[str, Any], path: str | Path) -> Path:
     by = _e2e_by_config(results)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     width = 0.8 / max(1, len(order))
-    for ax, (sec, key, ylabel) in zip(axes, (("prefill", "ms", "prefill latency (ms, lower is better)"),
-                                             ("decode", "tok_s", "decode tokens/s (higher is better)"))):
+    for ax, (sec, key, ylabel) in zip(
+        axes,
+        (
+            ("prefill", "ms", "prefill latency (ms, lower is better)"),
+            ("decode", "tok_s", "decode tokens/s (higher is better)"),
+        ),
+    ):
         for i, c in enumerate(order):
             ys = [e2e_value(by[c], sec, x, key) for x in lengths]
             xs = [j + (i - (len(order) - 1) / 2) * width for j in range(len(lengths))]
@@ -983,8 +1163,13 @@ def plot_e2e(doc: dict[str, Any], path: str | Path) -> Path:
             bars = ax.bar(xs, vals, width=width, label=c)
             for bar, y in zip(bars, ys):
                 if y is not None:
-                    ax.annotate(f"{y:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=6)
+                    ax.annotate(
+                        f"{y:.0f}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                    )
         if sec == "prefill" and lengths and max(lengths) / max(1, min(lengths)) >= 16:
             ax.set_yscale("log")  # 4K and 128K prompts differ by ~100x
         ax.set_xticks(range(len(lengths)))
@@ -995,8 +1180,10 @@ def plot_e2e(doc: dict[str, Any], path: str | Path) -> Path:
         if order:
             ax.legend(fontsize=7)
     tp = max((e2e_tp(r) for r in results), default=1)
-    fig.suptitle(f"SGLang Llama-3.1-8B geometry (dummy weights) on {doc.get('env', {}).get('gpu', '?')}"
-                 + (f", tp={tp}" if tp > 1 else ""))
+    fig.suptitle(
+        f"SGLang Llama-3.1-8B geometry (dummy weights) on {doc.get('env', {}).get('gpu', '?')}"
+        + (f", tp={tp}" if tp > 1 else "")
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,8 +79,13 @@ LLAMA31_8B_CONFIG: dict[str, Any] = {
     "num_key_value_heads": 8,
     "pretraining_tp": 1,
     "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_scaling": {
+        "factor": 8.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
     "rope_theta": 500000.0,
     "tie_word_embeddings": False,
     "torch_dtype": "bfloat16",
@@ -104,15 +109,24 @@ DEFAULT_LENGTHS = "4096,16384,32768,65536,131072"
 DEFAULT_LENGTHS_TP = "4096,32768"
 # NVLink multicast off for every engine process, as the GPU machines' notes require for multi-GPU
 # work (NCCL, torch symmetric memory and NVSHMEM would each try it under TP).
-NVLS_OFF: dict[str, str] = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-                            "NVSHMEM_DISABLE_NVLS": "1"}
+NVLS_OFF: dict[str, str] = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
 MODEL_MAX_POSITIONS = int(LLAMA31_8B_CONFIG["max_position_embeddings"])
 CONTEXT_MARGIN = 64
 # rough throughput for the time estimates only: causal attention TFLOPS per configuration (H200,
 # measured 2026-11/12: fa3 10.3 s, sage 12.3 s, flashinfer 14.4 s at 130K), dense GEMM TFLOPS, and
 # the decode step (weights + KV read) at batch 1
-_EST_ATT_TFLOPS = {"sage_attn": 450.0, "sage_attn+flashinfer": 450.0, "fa3": 600.0, "fa3+fp8kv": 650.0,
-                   "flashinfer": 430.0, "triton": 120.0}
+_EST_ATT_TFLOPS = {
+    "sage_attn": 450.0,
+    "sage_attn+flashinfer": 450.0,
+    "fa3": 600.0,
+    "fa3+fp8kv": 650.0,
+    "flashinfer": 430.0,
+    "triton": 120.0,
+}
 _EST_GEMM_TFLOPS = 700.0
 _EST_START_S = 60.0
 
@@ -189,8 +203,10 @@ def kill_children() -> int:
 
 def reinstall_sigquit(engine: Any) -> None:
     """SGLang's running-phase SIGQUIT handler kills this whole process; replace it with ours."""
-    for loop in (getattr(getattr(engine, "tokenizer_manager", None), "event_loop", None),
-                 getattr(engine, "loop", None)):
+    for loop in (
+        getattr(getattr(engine, "tokenizer_manager", None), "event_loop", None),
+        getattr(engine, "loop", None),
+    ):
         if loop is not None:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signal.SIGQUIT)
@@ -203,8 +219,13 @@ def take_over_sigquit(engine: Any) -> None:
     SIGKILLs this process when an engine subprocess fails."""
     tm = getattr(engine, "tokenizer_manager", None)
     loop = getattr(engine, "loop", None)
-    if tm is not None and loop is not None and getattr(tm, "event_loop", 1) is None \
-            and callable(getattr(tm, "auto_create_handle_loop", None)):
+    if (
+        tm is not None
+        and loop is not None
+        and getattr(tm, "event_loop", 1) is None
+        and callable(getattr(tm, "auto_create_handle_loop", None))
+    ):
+
         async def _init() -> None:
             tm.auto_create_handle_loop()
 
@@ -214,6 +235,7 @@ def take_over_sigquit(engine: Any) -> None:
 
 def start_watchdog(hard_limit_s: float, t0: float, on_fire: Callable[[], None]) -> None:
     """End the run (after saving) if it is still going at ``hard_limit_s``."""
+
     def run() -> None:
         time.sleep(max(0.0, t0 + hard_limit_s - time.time()))
         R.log(f"[e2e] WATCHDOG: {hard_limit_s:.0f}s reached; saving results, killing engines, exiting")
@@ -337,8 +359,14 @@ def read_sage_stats(stats_dir: Path) -> dict[str, Any]:
             decode_backends.add(str(d["decode_backend"]))
         if d.get("pid") is not None:
             pids.append(d["pid"])
-    return {"files": len(files), "counters": total, "per_rank": per_rank, "pids": pids,
-            "decode_backend": sorted(decode_backends), "unreadable": unreadable}
+    return {
+        "files": len(files),
+        "counters": total,
+        "per_rank": per_rank,
+        "pids": pids,
+        "decode_backend": sorted(decode_backends),
+        "unreadable": unreadable,
+    }
 
 
 def sage_registered() -> tuple[bool, str]:
@@ -349,8 +377,10 @@ def sage_registered() -> tuple[bool, str]:
         return False, f"cannot import sglang.srt.server_args ({type(exc).__name__}: {exc})"
     if "sage_attn" in ATTENTION_BACKEND_CHOICES:
         return True, "sage_attn registered"
-    return False, ("sage_attn is not an attention backend of this SGLang: run "
-                   "`python apply.py --sglang-dir /tmp/site --no-tests` first")
+    return False, (
+        "sage_attn is not an attention backend of this SGLang: run "
+        "`python apply.py --sglang-dir /tmp/site --no-tests` first"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,8 +422,13 @@ def streamed_decode(engine: Any, ids: list[int], n: int, timeout_s: float) -> di
 
 def decode_rate(t0: float, marks: list[tuple[float, int]], meta: dict[str, Any], n: int) -> dict[str, Any]:
     """The decode record of one streamed request from its (time, completion_tokens) marks."""
-    d: dict[str, Any] = {"n_tokens": n, "method": "stream", "chunks": len(marks),
-                         "cached_tokens": meta.get("cached_tokens"), "completion_tokens": meta.get("completion_tokens")}
+    d: dict[str, Any] = {
+        "n_tokens": n,
+        "method": "stream",
+        "chunks": len(marks),
+        "cached_tokens": meta.get("cached_tokens"),
+        "completion_tokens": meta.get("completion_tokens"),
+    }
     if marks:
         d["ttft_ms"] = (marks[0][0] - t0) * 1e3
         d["total_ms"] = (marks[-1][0] - t0) * 1e3
@@ -402,8 +437,9 @@ def decode_rate(t0: float, marks: list[tuple[float, int]], meta: dict[str, Any],
         span = marks[-1][0] - marks[0][0]
         d.update(tok_s=steps / span, ms_per_token=span * 1e3 / steps, steps_timed=steps)
     else:
-        d["error"] = f"cannot time decode from {len(marks)} streamed chunk(s) (completion tokens " \
-                     f"{[m[1] for m in marks[:3]]}...)"
+        d["error"] = (
+            f"cannot time decode from {len(marks)} streamed chunk(s) (completion tokens {[m[1] for m in marks[:3]]}...)"
+        )
     return d
 
 
@@ -473,9 +509,21 @@ def engine_kwargs(cfg_name: str, args: argparse.Namespace, model_dir: Path) -> d
 def _resolved(engine: Any) -> dict[str, Any]:
     sa = getattr(engine, "server_args", None)
     out: dict[str, Any] = {}
-    for k in ("attention_backend", "prefill_attention_backend", "decode_attention_backend",
-              "chunked_prefill_size", "max_prefill_tokens", "mem_fraction_static", "max_running_requests",
-              "max_total_tokens", "page_size", "kv_cache_dtype", "cuda_graph_config", "context_length", "tp_size"):
+    for k in (
+        "attention_backend",
+        "prefill_attention_backend",
+        "decode_attention_backend",
+        "chunked_prefill_size",
+        "max_prefill_tokens",
+        "mem_fraction_static",
+        "max_running_requests",
+        "max_total_tokens",
+        "page_size",
+        "kv_cache_dtype",
+        "cuda_graph_config",
+        "context_length",
+        "tp_size",
+    ):
         if sa is not None and hasattr(sa, k):
             v = getattr(sa, k)
             out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
@@ -486,8 +534,9 @@ def resolved_mismatch(cfg_name: str, resolved: dict[str, Any], tp: int) -> str |
     """A reason when SGLang resolved other backends / KV dtype / tp than requested (it falls back
     silently in places, e.g. fa3 + fp8_e5m2 -> triton): numbers under the wrong label are worse than none."""
     want = dict(ENGINE_CONFIGS[cfg_name], tp_size=tp)
-    bad = [f"{k}={resolved.get(k)!r} (requested {v!r})" for k, v in want.items()
-           if k in resolved and resolved.get(k) != v]
+    bad = [
+        f"{k}={resolved.get(k)!r} (requested {v!r})" for k, v in want.items() if k in resolved and resolved.get(k) != v
+    ]
     if not bad:
         return None
     return f"SGLang resolved {', '.join(bad)}: measurements of {cfg_name} would be mislabelled, engine not measured"
@@ -498,14 +547,27 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:500]} | {''.join(tb[-2:])[-600:]}".strip()
 
 
-def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths: list[int],
-               rf: R.ResultsFile, t_start: float, stats_root: Path) -> dict[str, Any]:
+def run_engine(
+    cfg_name: str,
+    args: argparse.Namespace,
+    model_dir: Path,
+    lengths: list[int],
+    rf: R.ResultsFile,
+    t_start: float,
+    stats_root: Path,
+) -> dict[str, Any]:
     """Start one engine, warm it, measure prefill and decode per length, shut it down. Never raises."""
     kw = engine_kwargs(cfg_name, args, model_dir)
-    rec: dict[str, Any] = {"config": cfg_name, "status": "starting",
-                           "engine_args": {k: v for k, v in kw.items() if k != "model_path"},
-                           "prefill": {}, "decode": {}, "warmup_s": {}, "errors": [],
-                           "estimate_s": round(estimate_engine(cfg_name, lengths, args), 1)}
+    rec: dict[str, Any] = {
+        "config": cfg_name,
+        "status": "starting",
+        "engine_args": {k: v for k, v in kw.items() if k != "model_path"},
+        "prefill": {},
+        "decode": {},
+        "warmup_s": {},
+        "errors": [],
+        "estimate_s": round(estimate_engine(cfg_name, lengths, args), 1),
+    }
     save = lambda: rf.replace_where("config", cfg_name, rec)  # noqa: E731
     stats_dir = stats_root / cfg_name.replace("+", "_")
     stats_dir.mkdir(parents=True, exist_ok=True)
@@ -525,8 +587,10 @@ def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths
     try:
         import sglang
 
-        R.log(f"[{cfg_name}] starting engine: {ENGINE_CONFIGS[cfg_name]} tp={args.tp} "
-              f"(estimate ~{rec['estimate_s']:.0f}s incl. measurements)")
+        R.log(
+            f"[{cfg_name}] starting engine: {ENGINE_CONFIGS[cfg_name]} tp={args.tp} "
+            f"(estimate ~{rec['estimate_s']:.0f}s incl. measurements)"
+        )
         t = time.time()
         extra = {}
         with contextlib.suppress(Exception):
@@ -568,8 +632,10 @@ def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths
                 break
             need = est_length_s(cfg_name, L, args)
             if left() < need + 5:
-                rec["errors"].append(f"time budget: {left():.0f}s left < ~{need:.0f}s for length {L}; re-run "
-                                     f"with --backends {cfg_name} --lengths {L} --stem <other> and --render both")
+                rec["errors"].append(
+                    f"time budget: {left():.0f}s left < ~{need:.0f}s for length {L}; re-run "
+                    f"with --backends {cfg_name} --lengths {L} --stem <other> and --render both"
+                )
                 break
             times, cached, ptoks = [], [], []
             ids: list[int] = []
@@ -579,28 +645,41 @@ def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths
                 times.append(dt * 1e3)
                 cached.append(meta.get("cached_tokens"))
                 ptoks.append(meta.get("prompt_tokens"))
-            rec["prefill"][str(L)] = {"ms": min(times), "ms_all": [round(x, 2) for x in times],
-                                      "cached_tokens": cached, "prompt_tokens": ptoks[0] if ptoks else None}
-            R.log(f"[{cfg_name}] prefill {R.fmt_len(L)}: min {min(times):.1f} ms "
-                  f"(all {[round(x, 1) for x in times]}, cached_tokens {cached})")
+            rec["prefill"][str(L)] = {
+                "ms": min(times),
+                "ms_all": [round(x, 2) for x in times],
+                "cached_tokens": cached,
+                "prompt_tokens": ptoks[0] if ptoks else None,
+            }
+            R.log(
+                f"[{cfg_name}] prefill {R.fmt_len(L)}: min {min(times):.1f} ms "
+                f"(all {[round(x, 1) for x in times]}, cached_tokens {cached})"
+            )
             save()
             if args.decode_tokens > 1:
-                runs = [streamed_decode(engine, ids, args.decode_tokens, args.call_timeout_s)
-                        for _ in range(args.decode_repeats)]
+                runs = [
+                    streamed_decode(engine, ids, args.decode_tokens, args.call_timeout_s)
+                    for _ in range(args.decode_repeats)
+                ]
                 d = max(runs, key=lambda x: x.get("tok_s") or 0.0)  # best of the repeats, like min prefill
                 if len(runs) > 1:
                     d = dict(d, tok_s_all=[round(x.get("tok_s") or 0.0, 2) for x in runs])
                 if d.get("error"):
                     rec["errors"].append(f"decode {L}: {d['error']}")
                 if d.get("completion_tokens") not in (None, args.decode_tokens):
-                    rec["errors"].append(f"decode {L}: completion_tokens {d['completion_tokens']} != "
-                                         f"{args.decode_tokens}")
+                    rec["errors"].append(
+                        f"decode {L}: completion_tokens {d['completion_tokens']} != {args.decode_tokens}"
+                    )
                 if d.get("cached_tokens") is not None and d["cached_tokens"] < L - 64:
-                    rec.setdefault("info", []).append(f"decode {L}: the radix cache held only {d['cached_tokens']} "
-                                                      f"prompt tokens (evicted?); the rate is still at context {L}")
+                    rec.setdefault("info", []).append(
+                        f"decode {L}: the radix cache held only {d['cached_tokens']} "
+                        f"prompt tokens (evicted?); the rate is still at context {L}"
+                    )
                 rec["decode"][str(L)] = d
-                R.log(f"[{cfg_name}] decode @{R.fmt_len(L)}: {R.fmt(d.get('tok_s'), '.1f')} tok/s "
-                      f"({d.get('steps_timed')} steps, {d.get('chunks')} chunks, cached {d.get('cached_tokens')})")
+                R.log(
+                    f"[{cfg_name}] decode @{R.fmt_len(L)}: {R.fmt(d.get('tok_s'), '.1f')} tok/s "
+                    f"({d.get('steps_timed')} steps, {d.get('chunks')} chunks, cached {d.get('cached_tokens')})"
+                )
                 save()
         rec["status"] = "ok" if not rec["errors"] else "partial"
     except (CallTimeout, ChildFailed, Exception) as exc:  # noqa: BLE001 - record and go on
@@ -625,9 +704,11 @@ def run_engine(cfg_name: str, args: argparse.Namespace, model_dir: Path, lengths
         rec["gpu_mem"].update(after_shutdown_mib=used, leak=not freed, shutdown_s=round(time.time() - t, 1))
         rec["wall_s"] = round(time.time() - t_engine, 1)
         stats = rec.get("sage_stats", {})
-        R.log(f"[{cfg_name}] shut down after {rec['wall_s']}s; GPU memory used {mem_before} -> {used} MiB"
-              f"{'' if freed else ' (NOT FREED)'}; sage counters per rank "
-              f"{ {r: c.get('prefill_8bit_batches') for r, c in (stats.get('per_rank') or {}).items()} }")
+        R.log(
+            f"[{cfg_name}] shut down after {rec['wall_s']}s; GPU memory used {mem_before} -> {used} MiB"
+            f"{'' if freed else ' (NOT FREED)'}; sage counters per rank "
+            f"{ {r: c.get('prefill_8bit_batches') for r, c in (stats.get('per_rank') or {}).items()} }"
+        )
         os.environ.pop("SGLANG_SAGE_STATS_DIR", None)
         save()
     return rec
@@ -640,58 +721,114 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4K only, 2 repeats, 32 decode tokens")
-    ap.add_argument("--backends", default=None,
-                    help=f"comma list of {list(ENGINE_CONFIGS)} (default {DEFAULT_ORDER}; with --tp > 1 "
-                         f"{DEFAULT_ORDER_TP})")
+    ap.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma list of {list(ENGINE_CONFIGS)} (default {DEFAULT_ORDER}; with --tp > 1 {DEFAULT_ORDER_TP})",
+    )
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size of every engine (default 1)")
-    ap.add_argument("--lengths", default=None,
-                    help=f"prompt lengths (default {DEFAULT_LENGTHS}; --tp > 1: {DEFAULT_LENGTHS_TP}; quick 4096)")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="prefill repeats per length (default 3 up to 32K, 2 above; quick 2)")
+    ap.add_argument(
+        "--lengths",
+        default=None,
+        help=f"prompt lengths (default {DEFAULT_LENGTHS}; --tp > 1: {DEFAULT_LENGTHS_TP}; quick 4096)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="prefill repeats per length (default 3 up to 32K, 2 above; quick 2)"
+    )
     ap.add_argument("--decode-tokens", type=int, default=None, help="decode output tokens (default 128; quick 32)")
-    ap.add_argument("--decode-repeats", type=int, default=1,
-                    help="streamed decode requests per length, the fastest counts (default 1: one request "
-                         "already averages decode-tokens - 1 steps)")
-    ap.add_argument("--prefill-only", action="store_true",
-                    help="no decode measurement and no CUDA graphs at all (no capture at start: faster engines)")
-    ap.add_argument("--context-length", type=int, default=None,
-                    help="engine context_length (default: longest prompt + decode tokens + 64, at least 131072)")
+    ap.add_argument(
+        "--decode-repeats",
+        type=int,
+        default=1,
+        help="streamed decode requests per length, the fastest counts (default 1: one request "
+        "already averages decode-tokens - 1 steps)",
+    )
+    ap.add_argument(
+        "--prefill-only",
+        action="store_true",
+        help="no decode measurement and no CUDA graphs at all (no capture at start: faster engines)",
+    )
+    ap.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="engine context_length (default: longest prompt + decode tokens + 64, at least 131072)",
+    )
     ap.add_argument("--mem-fraction-static", type=float, default=0.8)
-    ap.add_argument("--chunked-prefill-size", type=int, default=None,
-                    help="default: the longest prompt (each prompt prefilled in one chunk)")
+    ap.add_argument(
+        "--chunked-prefill-size",
+        type=int,
+        default=None,
+        help="default: the longest prompt (each prompt prefilled in one chunk)",
+    )
     ap.add_argument("--max-prefill-tokens", type=int, default=None, help="default: max(16384, longest prompt)")
     ap.add_argument("--max-running-requests", type=int, default=16)
-    ap.add_argument("--cuda-graph-max-bs", type=int, default=8,
-                    help="decode CUDA graphs captured up to this batch (default 8; we decode at batch 1)")
-    ap.add_argument("--prefill-cuda-graph", choices=("off", "default"), default="off",
-                    help="off (default): no prefill graph capture (SGLang would capture token buckets up to "
-                         "the chunk size at every start); default: SGLang's choice")
+    ap.add_argument(
+        "--cuda-graph-max-bs",
+        type=int,
+        default=8,
+        help="decode CUDA graphs captured up to this batch (default 8; we decode at batch 1)",
+    )
+    ap.add_argument(
+        "--prefill-cuda-graph",
+        choices=("off", "default"),
+        default="off",
+        help="off (default): no prefill graph capture (SGLang would capture token buckets up to "
+        "the chunk size at every start); default: SGLang's choice",
+    )
     ap.add_argument("--no-cuda-graph", action="store_true", help="disable all CUDA graphs (decode too)")
-    ap.add_argument("--budget-s", type=float, default=480.0,
-                    help="no new engine/length once its estimate no longer fits (default 480)")
-    ap.add_argument("--min-engine-s", type=float, default=75.0,
-                    help="start another engine only with at least this much budget left (default 75)")
-    ap.add_argument("--hard-limit-s", type=float, default=540.0,
-                    help="watchdog: save, kill engines and exit at this wall time (default 540; one device call "
-                         "allows 600 s in all)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="no new engine/length once its estimate no longer fits (default 480)",
+    )
+    ap.add_argument(
+        "--min-engine-s",
+        type=float,
+        default=75.0,
+        help="start another engine only with at least this much budget left (default 75)",
+    )
+    ap.add_argument(
+        "--hard-limit-s",
+        type=float,
+        default=540.0,
+        help="watchdog: save, kill engines and exit at this wall time (default 540; one device call "
+        "allows 600 s in all)",
+    )
     ap.add_argument("--start-timeout-s", type=float, default=240.0)
     ap.add_argument("--warmup-timeout-s", type=float, default=240.0, help="first calls compile kernels")
     ap.add_argument("--call-timeout-s", type=float, default=90.0)
-    ap.add_argument("--mem-slack-mib", type=float, default=2048.0,
-                    help="GPU memory above the pre-start level still counted as freed (per GPU)")
+    ap.add_argument(
+        "--mem-slack-mib",
+        type=float,
+        default=2048.0,
+        help="GPU memory above the pre-start level still counted as freed (per GPU)",
+    )
     ap.add_argument("--model-dir", default="/tmp/llama31_8b_dummy")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-root", default=str(R.RESULTS_ROOT),
-                    help="results go to <out-root>/<gpu-slug>[x<tp>]/ (default benchmarks/results; on the device "
-                         "machine use $OUT so that they come back)")
+    ap.add_argument(
+        "--out-root",
+        default=str(R.RESULTS_ROOT),
+        help="results go to <out-root>/<gpu-slug>[x<tp>]/ (default benchmarks/results; on the device "
+        "machine use $OUT so that they come back)",
+    )
     ap.add_argument("--out-dir", default=None, help="exact output directory (overrides --out-root)")
     ap.add_argument("--stem", default=None, help="output file stem (default e2e / e2e_quick)")
-    ap.add_argument("--merge", action="store_true",
-                    help="keep other configurations' records of an existing <stem>.json (re-run a subset)")
-    ap.add_argument("--render", default=None, nargs="+", metavar="JSON",
-                    help="no GPU: re-render md/png from result JSON(s); several are combined (a later file's "
-                         "record of a configuration wins) into <first file's dir>/<--stem or first stem>")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep other configurations' records of an existing <stem>.json (re-run a subset)",
+    )
+    ap.add_argument(
+        "--render",
+        default=None,
+        nargs="+",
+        metavar="JSON",
+        help="no GPU: re-render md/png from result JSON(s); several are combined (a later file's "
+        "record of a configuration wins) into <first file's dir>/<--stem or first stem>",
+    )
     args = ap.parse_args(argv)
     if args.tp < 1:
         ap.error(f"--tp must be >= 1, got {args.tp}")
@@ -714,8 +851,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.stem = args.stem or ("e2e_quick" if args.quick else "e2e")
     args.context_length = args.context_length or context_length_for(lens, args.decode_tokens)
     if args.context_length < max(lens) + args.decode_tokens:
-        ap.error(f"--context-length {args.context_length} < longest prompt {max(lens)} + {args.decode_tokens} "
-                 "generated tokens")
+        ap.error(
+            f"--context-length {args.context_length} < longest prompt {max(lens)} + {args.decode_tokens} "
+            "generated tokens"
+        )
     args.chunked_prefill_size = args.chunked_prefill_size or max(lens)
     args.max_prefill_tokens = args.max_prefill_tokens or max(16384, max(lens))
     return args
@@ -768,17 +907,21 @@ def main(argv: list[str] | None = None) -> int:
         R.log(f"unknown configurations {bad}; choose from {list(ENGINE_CONFIGS)}")
         return 2
     lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
-    R.log(f"[plan] engines {cfgs} (sequential, one process), tp={args.tp}; prompts {lengths}; prefill repeats "
-          f"{[repeats_for(L, args) for L in lengths]}; decode {args.decode_tokens if args.decode_tokens > 1 else 0} "
-          f"tokens (streamed, radix hit on the last prefill prompt); context_length {args.context_length}; "
-          f"chunked_prefill_size {args.chunked_prefill_size}; max_prefill_tokens {args.max_prefill_tokens}; "
-          f"mem_fraction_static {args.mem_fraction_static}; decode CUDA graphs "
-          f"{'off' if args.no_cuda_graph else 'on'} (max bs {args.cuda_graph_max_bs}); prefill CUDA graph "
-          f"{args.prefill_cuda_graph}")
+    R.log(
+        f"[plan] engines {cfgs} (sequential, one process), tp={args.tp}; prompts {lengths}; prefill repeats "
+        f"{[repeats_for(L, args) for L in lengths]}; decode {args.decode_tokens if args.decode_tokens > 1 else 0} "
+        f"tokens (streamed, radix hit on the last prefill prompt); context_length {args.context_length}; "
+        f"chunked_prefill_size {args.chunked_prefill_size}; max_prefill_tokens {args.max_prefill_tokens}; "
+        f"mem_fraction_static {args.mem_fraction_static}; decode CUDA graphs "
+        f"{'off' if args.no_cuda_graph else 'on'} (max bs {args.cuda_graph_max_bs}); prefill CUDA graph "
+        f"{args.prefill_cuda_graph}"
+    )
     for c in cfgs:
         R.log(f"[plan]   {c}: ~{estimate_engine(c, lengths, args):.0f}s")
-    R.log(f"[plan] rough estimate ~{estimate(lengths, cfgs, args):.0f}s (engine start ~30-90s each, first "
-          f"flashinfer use compiles ~1 min); budget {args.budget_s:.0f}s, watchdog {args.hard_limit_s:.0f}s")
+    R.log(
+        f"[plan] rough estimate ~{estimate(lengths, cfgs, args):.0f}s (engine start ~30-90s each, first "
+        f"flashinfer use compiles ~1 min); budget {args.budget_s:.0f}s, watchdog {args.hard_limit_s:.0f}s"
+    )
     notes = prepare_env()
     model_dir = write_model_dir(Path(args.model_dir), args.context_length)
     env = R.capture_env(with_torch=False, extra_files={"bench_e2e.py": __file__, "_results.py": R.__file__})
@@ -788,15 +931,18 @@ def main(argv: list[str] | None = None) -> int:
     out_path = out_dir / f"{args.stem}.json"
     cfg = {k: v for k, v in vars(args).items() if k != "render"}
     cfg["model_max_position_embeddings"] = json.loads((model_dir / "config.json").read_text())[
-        "max_position_embeddings"]
+        "max_position_embeddings"
+    ]
     doc: dict[str, Any] = {"kind": "e2e", "env": env, "config": cfg, "notes": notes, "results": []}
     if args.merge and (old := R.load_json(out_path)):
         doc["results"] = [r for r in old.get("results", []) if r.get("config") not in cfgs]
         doc["previous_env"] = [old.get("env")] + list(old.get("previous_env", []))
         doc["notes"].append(f"merged with earlier records of {[r.get('config') for r in doc['results']]}")
     rf = R.ResultsFile(out_path, doc)
-    R.log(f"[env] GPU {env.get('gpu')} x{env.get('gpu_count')} driver {env.get('driver')} sglang "
-          f"{env['versions'].get('sglang')} torch {env['versions'].get('torch')} -> {out_path}")
+    R.log(
+        f"[env] GPU {env.get('gpu')} x{env.get('gpu_count')} driver {env.get('driver')} sglang "
+        f"{env['versions'].get('sglang')} torch {env['versions'].get('torch')} -> {out_path}"
+    )
 
     def finalize() -> None:
         rf.doc["targets"] = R.e2e_all_targets(rf.doc["results"])
@@ -818,19 +964,22 @@ def main(argv: list[str] | None = None) -> int:
         elif "sage_attn" in ENGINE_CONFIGS[c].values() and not ok:
             reason = why
         elif remaining < args.min_engine_s:
-            reason = (f"time budget: {remaining:.0f}s left < --min-engine-s {args.min_engine_s:.0f}; "
-                      f"re-run with --backends {c} --stem e2e_rest, then --render {args.stem}.json e2e_rest.json")
+            reason = (
+                f"time budget: {remaining:.0f}s left < --min-engine-s {args.min_engine_s:.0f}; "
+                f"re-run with --backends {c} --stem e2e_rest, then --render {args.stem}.json e2e_rest.json"
+            )
         if reason:
             R.log(f"[{c}] SKIPPED: {reason}")
             kw = {k: v for k, v in engine_kwargs(c, args, model_dir).items() if k != "model_path"}
-            rf.replace_where("config", c, {"config": c, "status": "skipped", "reason": reason,
-                                           "engine_args": kw})
+            rf.replace_where("config", c, {"config": c, "status": "skipped", "reason": reason, "engine_args": kw})
             continue
         run_engine(c, args, model_dir, lengths, rf, t_start, stats_root)
     finalize()
-    R.log("[targets] issue #11: prefill >= 1.1x fa3 at 32K and >= 1.2x at 128K, decode >= "
-          f"{R.I11_E2E_MIN_DECODE}x fa3 (unchanged); issue #16: 8-bit prefill on every TP rank; issue #5: 32K "
-          "prefill >= 1.4x flashinfer / 2.5x triton, decode 4K-32K >= flashinfer")
+    R.log(
+        "[targets] issue #11: prefill >= 1.1x fa3 at 32K and >= 1.2x at 128K, decode >= "
+        f"{R.I11_E2E_MIN_DECODE}x fa3 (unchanged); issue #16: 8-bit prefill on every TP rank; issue #5: 32K "
+        "prefill >= 1.4x flashinfer / 2.5x triton, decode 4K-32K >= flashinfer"
+    )
     for line in R.target_lines(rf.doc["targets"]) or ["N/A  nothing to compare"]:
         R.log("  " + line)
     R.log(f"[done] {rf.doc['total_wall_s']}s; results in {out_dir}/{args.stem}.{{json,md,png}}")

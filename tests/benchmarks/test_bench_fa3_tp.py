@@ -37,8 +37,9 @@ def test_every_display_entry_has_a_runner_and_back() -> None:
     assert bk.parse_args([]).backends.split(",") == list(R.KERNEL_BACKENDS)
 
 
-def fake_fa3(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, cu_seqlens_k_new, max_seqlen_q,
-             causal, softmax_scale):
+def fake_fa3(
+    q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, cu_seqlens_k_new, max_seqlen_q, causal, softmax_scale
+):
     """FA3's documented contract for a paged extend, written independently of the benchmark: request
     b's queries are rows cu_seqlens_q[b]:cu_seqlens_q[b+1]; its keys are the pages
     page_table[b, :cache_seqlens[b]] (page size 1); causal is aligned bottom-right; fp8 inputs are
@@ -106,8 +107,12 @@ def test_target_shapes_run_first_and_inputs_match_issue_11() -> None:
     assert args.k_bias == R.I11_K_BIAS == 2.0
     shapes, _ = bk.plan_shapes(args)
     first = [(s.geometry, s.batch, s.seq_len, s.prefix_frac) for s in shapes[:4]]
-    assert first == [("llama3-8b", 1, 4096, 0.0), ("llama3-8b", 1, 16384, 0.0), ("llama3-8b", 1, 32768, 0.0),
-                     ("llama3-8b", 1, 32768, 0.5)]
+    assert first == [
+        ("llama3-8b", 1, 4096, 0.0),
+        ("llama3-8b", 1, 16384, 0.0),
+        ("llama3-8b", 1, 32768, 0.0),
+        ("llama3-8b", 1, 32768, 0.5),
+    ]
     assert len(shapes) == 32 and len(set(shapes)) == 32
 
 
@@ -128,13 +133,37 @@ def i11_doc() -> dict[str, Any]:
         (32768, 0.5): (1.0, 2.0, 1.5, 1.2),
     }
     for (L, pf), (s, c, f, f8) in table.items():
-        b = {"sage": _e(s), "cudnn": _e(c, mask_method="dense_mask" if pf else "is_causal"), "fa3": _e(f),
-             "fa3_fp8": _e(f8, cos=0.9990, rel_l1=0.04)}
-        recs.append({"geometry": "llama3-8b", "batch": 1, "seq_len": L, "prefix_frac": pf, "lq": L - int(L * pf),
-                     "lkv": L, "backends": b, "ratios": R.kernel_ratios(b)})
+        b = {
+            "sage": _e(s),
+            "cudnn": _e(c, mask_method="dense_mask" if pf else "is_causal"),
+            "fa3": _e(f),
+            "fa3_fp8": _e(f8, cos=0.9990, rel_l1=0.04),
+        }
+        recs.append(
+            {
+                "geometry": "llama3-8b",
+                "batch": 1,
+                "seq_len": L,
+                "prefix_frac": pf,
+                "lq": L - int(L * pf),
+                "lkv": L,
+                "backends": b,
+                "ratios": R.kernel_ratios(b),
+            }
+        )
     b = {"sage": _e(1.0, cos=0.99991, rel_l1=0.012), "cudnn": _e(1.0), "fa3": _e(1.0)}
-    recs.append({"geometry": "smollm2", "batch": 1, "seq_len": 4096, "prefix_frac": 0.0, "lq": 4096, "lkv": 4096,
-                 "backends": b, "ratios": R.kernel_ratios(b)})
+    recs.append(
+        {
+            "geometry": "smollm2",
+            "batch": 1,
+            "seq_len": 4096,
+            "prefix_frac": 0.0,
+            "lq": 4096,
+            "lkv": 4096,
+            "backends": b,
+            "ratios": R.kernel_ratios(b),
+        }
+    )
     return {"kind": "kernels", "env": {"gpu": "NVIDIA H200"}, "config": {"k_bias": 2.0}, "results": recs}
 
 
@@ -220,16 +249,25 @@ def test_kernel_markdown_has_fa3_columns_accuracy_and_both_issues(tmp_path: Path
 # ------------------------------------------------------------------------------------------------
 # e2e: issue #11 targets, per-rank counters, --tp plumbing, decode timing
 # ------------------------------------------------------------------------------------------------
-def _rec(cfg: str, pre: dict[int, float], dec: dict[int, float], tp: int = 1,
-         per_rank: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+def _rec(
+    cfg: str,
+    pre: dict[int, float],
+    dec: dict[int, float],
+    tp: int = 1,
+    per_rank: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
     counters: dict[str, int] = {}
     for c in (per_rank or {}).values():
         for k, v in c.items():
             counters[k] = counters.get(k, 0) + v
-    return {"config": cfg, "status": "ok", "engine_args": {"tp_size": tp},
-            "prefill": {str(k): {"ms": v} for k, v in pre.items()},
-            "decode": {str(k): {"tok_s": v} for k, v in dec.items()},
-            "sage_stats": {"counters": counters, "per_rank": per_rank or {}} if per_rank is not None else {}}
+    return {
+        "config": cfg,
+        "status": "ok",
+        "engine_args": {"tp_size": tp},
+        "prefill": {str(k): {"ms": v} for k, v in pre.items()},
+        "decode": {str(k): {"tok_s": v} for k, v in dec.items()},
+        "sage_stats": {"counters": counters, "per_rank": per_rank or {}} if per_rank is not None else {},
+    }
 
 
 def i11_e2e_results(rank1_ran: bool = True, tp: int = 1) -> list[dict[str, Any]]:
@@ -331,20 +369,34 @@ def test_model_dir_context_and_rope_positions(tmp_path: Path) -> None:
 def test_stats_per_rank_and_resolved_check(tmp_path: Path) -> None:
     be = _load("bench_e2e")
     for pid, rank, n in ((11, 0, 5), (12, 1, 4)):
-        (tmp_path / f"sage_attn_stats_{pid}.json").write_text(json.dumps(
-            {"pid": pid, "tp_rank": rank, "decode_backend": "flashinfer", "counters": {"prefill_8bit_batches": n}}))
+        (tmp_path / f"sage_attn_stats_{pid}.json").write_text(
+            json.dumps(
+                {"pid": pid, "tp_rank": rank, "decode_backend": "flashinfer", "counters": {"prefill_8bit_batches": n}}
+            )
+        )
     (tmp_path / "sage_attn_stats_13.json").write_text("{trunc")
     st = be.read_sage_stats(tmp_path)
     assert st["per_rank"] == {"0": {"prefill_8bit_batches": 5}, "1": {"prefill_8bit_batches": 4}}
     assert st["counters"]["prefill_8bit_batches"] == 9 and st["unreadable"] == ["sage_attn_stats_13.json"]
     assert sorted(st["pids"]) == [11, 12]
-    assert be.resolved_mismatch("fa3+fp8kv", {"attention_backend": "fa3", "kv_cache_dtype": "fp8_e4m3",
-                                              "tp_size": 2}, 2) is None
+    assert (
+        be.resolved_mismatch("fa3+fp8kv", {"attention_backend": "fa3", "kv_cache_dtype": "fp8_e4m3", "tp_size": 2}, 2)
+        is None
+    )
     why = be.resolved_mismatch("fa3+fp8kv", {"attention_backend": "triton", "kv_cache_dtype": "fp8_e4m3"}, 1)
     assert why and "attention_backend='triton'" in why and "requested 'fa3'" in why
-    assert be.resolved_mismatch("sage_attn+flashinfer", {"attention_backend": "fa3", "prefill_attention_backend":
-                                                         "sage_attn", "decode_attention_backend": "flashinfer"}, 1) \
+    assert (
+        be.resolved_mismatch(
+            "sage_attn+flashinfer",
+            {
+                "attention_backend": "fa3",
+                "prefill_attention_backend": "sage_attn",
+                "decode_attention_backend": "flashinfer",
+            },
+            1,
+        )
         is None
+    )
     assert "tp_size=1" in be.resolved_mismatch("sage_attn", {"attention_backend": "sage_attn", "tp_size": 1}, 2)
 
 
@@ -366,13 +418,27 @@ def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: floa
 
     env = {**os.environ, **(env_extra or {})}
     env.pop("PYTHONPATH", None)  # no SGLang bundle here: the scripts must record that, not crash
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
 
 
 def test_e2e_tp_run_without_gpus_records_and_renders(tmp_path: Path) -> None:
-    out = _run([str(BENCH / "bench_e2e.py"), "--tp", "2", "--quick", "--backends", "sage_attn,fa3", "--out-dir",
-                str(tmp_path), "--model-dir", str(tmp_path / "model")], {"NCCL_NVLS_ENABLE": "1"})
+    out = _run(
+        [
+            str(BENCH / "bench_e2e.py"),
+            "--tp",
+            "2",
+            "--quick",
+            "--backends",
+            "sage_attn,fa3",
+            "--out-dir",
+            str(tmp_path),
+            "--model-dir",
+            str(tmp_path / "model"),
+        ],
+        {"NCCL_NVLS_ENABLE": "1"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads((tmp_path / "e2e_quick.json").read_text())
     assert doc["config"]["tp"] == 2

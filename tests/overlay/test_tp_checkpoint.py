@@ -72,8 +72,12 @@ def test_registered_for_two_gpus_in_sglang_style(tp_test: Any) -> None:
 
 def test_checkpoint_geometry_splits_in_two(tp_test: Any) -> None:
     cfg = tp_test.CONFIG
-    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["hidden_size"]) == \
-        (32, 8, 128, 4096)  # Llama-3.1-8B attention geometry
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["hidden_size"]) == (
+        32,
+        8,
+        128,
+        4096,
+    )  # Llama-3.1-8B attention geometry
     for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"):
         assert cfg[key] % 2 == 0, key
     names = [n for n, _, _ in tp_test._weight_shapes(cfg)]
@@ -137,10 +141,13 @@ def test_comparison_helpers_and_rank_stats(tp_test: Any, tmp_path: Path) -> None
     assert tp_test.equal_rows([[1, 2], [3, 4]], [[1, 2], [3, 5]]) == [True, False]
     assert tp_test.common_prefix([[1, 2, 3], [9]], [[1, 2, 4], [8]]) == [2, 0]
     for pid, rank in ((5, 0), (6, 1)):
-        (tmp_path / f"sage_attn_stats_{pid}.json").write_text(json.dumps(
-            {"pid": pid, "tp_rank": rank, "counters": {"prefill_8bit_layer_calls": 4 + rank}}))
-    assert tp_test.read_rank_stats(str(tmp_path)) == {0: {"prefill_8bit_layer_calls": 4},
-                                                       1: {"prefill_8bit_layer_calls": 5}}
+        (tmp_path / f"sage_attn_stats_{pid}.json").write_text(
+            json.dumps({"pid": pid, "tp_rank": rank, "counters": {"prefill_8bit_layer_calls": 4 + rank}})
+        )
+    assert tp_test.read_rank_stats(str(tmp_path)) == {
+        0: {"prefill_8bit_layer_calls": 4},
+        1: {"prefill_8bit_layer_calls": 5},
+    }
 
 
 def test_too_few_gpus_is_a_failure_naming_the_setting(tp_test: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,8 +45,12 @@ def _apply(capsys: pytest.CaptureFixture[str], target: Path) -> tuple[int, dict]
 
 @pytest.mark.parametrize(("count", "want_code", "ran"), [(1, ec.NO_GPU, 2), (2, ec.OK, 3)])
 def test_apply_runs_what_the_machine_can_and_names_the_rest(
-    installed: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, count: int,
-    want_code: int, ran: int,
+    installed: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    want_code: int,
+    ran: int,
 ) -> None:
     seen: list[list[str]] = []
 
