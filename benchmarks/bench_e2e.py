@@ -531,8 +531,9 @@ def _resolved(engine: Any) -> dict[str, Any]:
 
 
 def resolved_mismatch(cfg_name: str, resolved: dict[str, Any], tp: int) -> str | None:
-    """A reason when SGLang resolved other backends / KV dtype / tp than requested (it falls back
-    silently in places, e.g. fa3 + fp8_e5m2 -> triton): numbers under the wrong label are worse than none."""
+    """A reason when SGLang resolved other backends / KV dtype / tp than requested (in places it falls
+    back with only a log warning, e.g. fa3 + fp8_e5m2 -> triton): numbers under the wrong label are
+    worse than none."""
     want = dict(ENGINE_CONFIGS[cfg_name], tp_size=tp)
     bad = [
         f"{k}={resolved.get(k)!r} (requested {v!r})" for k, v in want.items() if k in resolved and resolved.get(k) != v
