@@ -702,6 +702,9 @@ class Backend:
         None
     )
     shares: str | None = None  # use another backend's loaded object (fa3_fp8 loads nothing of its own)
+    # run after the shape's other rows: a path that may crash the process (a fatal CUDA error ends
+    # all GPU work) must not cost the rows measured beside it
+    run_last: bool = False
 
 
 def sage_planned_extra(
@@ -719,7 +722,7 @@ BACKENDS: dict[str, Backend] = {
     "sage": Backend(make=_make_sage, load=lambda a: load_sage_module(a.sage_kernel), extra=sage_planned_extra),
     "cudnn": Backend(make=_make_sdpa("cudnn")),
     "fa3": Backend(make=_make_fa3(fp8=False), load=_load_fa3),
-    "fa3_fp8": Backend(make=_make_fa3(fp8=True), shares="fa3"),
+    "fa3_fp8": Backend(make=_make_fa3(fp8=True), shares="fa3", run_last=True),
     "flash": Backend(make=_make_sdpa("flash")),
     "sageattn": Backend(make=_make_sageattn, load=_load_sageattn),
     "triton_extend": Backend(make=_make_triton_extend, load=_load_triton_extend),
@@ -813,6 +816,7 @@ def run_shape(
     sdpa_from = None
     # SDPA first, so that the others can be compared with its full output
     order = [b for b in ("cudnn", "flash") if b in backends] + [b for b in backends if b not in ("cudnn", "flash")]
+    order.sort(key=lambda b: BACKENDS[b].run_last)  # stable: otherwise unchanged
     for name in order:
         entry: dict[str, Any] = {"status": "error"}
         rec["backends"][name] = entry

@@ -459,3 +459,23 @@ def test_e2e_tp_run_without_gpus_records_and_renders(tmp_path: Path) -> None:
     assert {r["config"] for r in combined["results"]} == {"sage_attn", "fa3", "fa3+fp8kv", "flashinfer"}
     bad = _run([str(BENCH / "bench_e2e.py"), "--render", str(tmp_path / "nope.json")])
     assert bad.returncode == 2 and "nope.json" in bad.stdout
+
+
+def test_fp8_row_runs_after_the_others_of_its_shape(tmp_path: Path) -> None:
+    """A crash in the FP8 path must not cost the shape's other rows: it is measured last."""
+    bk = _load("bench_kernels")
+    calls: list[str] = []
+
+    def tracker(name: str) -> Any:
+        def make(shape: Any, inp: Any, scale: float, ctx: Any) -> Any:
+            calls.append(name)
+            raise bk.Unavailable("not here")
+
+        return make
+
+    for name in list(bk.BACKENDS):
+        bk.BACKENDS[name] = bk.Backend(make=tracker(name), run_last=bk.BACKENDS[name].run_last)
+    args = bk.parse_args(["--device", "cpu"])
+    rec, fatal = bk.run_shape(bk.Shape("t", 4, 2, 16, 1, 8, 0.0), args, list(bk.BACKENDS), {}, 0)
+    assert calls[-1] == "fa3_fp8" and calls[:2] == ["cudnn", "flash"] and not fatal
+    assert list(rec["backends"]) == list(bk.BACKENDS)  # the record keeps the table order
