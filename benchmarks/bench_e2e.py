@@ -45,6 +45,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -975,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
             rf.replace_where("config", c, {"config": c, "status": "skipped", "reason": reason, "engine_args": kw})
             continue
         run_engine(c, args, model_dir, lengths, rf, t_start, stats_root)
+    shutil.rmtree(stats_root, ignore_errors=True)  # every engine's counters are in the JSON by now
     finalize()
     R.log(
         "[targets] issue #11: prefill >= 1.1x fa3 at 32K and >= 1.2x at 128K, decode >= "
