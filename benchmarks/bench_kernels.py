@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Prefill attention kernels side by side on one GPU: sage_attn vs cuDNN / flash SDPA,
-SageAttention 1.0.6 and SGLang's Triton extend kernel (bf16, causal, GQA).
+"""Prefill attention kernels side by side on one GPU: sage_attn vs cuDNN / flash SDPA, FA3 (bf16 and
+FP8 e4m3, through sgl_kernel's ``flash_attn_with_kvcache``), SageAttention 1.0.6 and SGLang's Triton
+extend kernel (causal, GQA).
 
 Every backend computes the same problem from the same random inputs:
 
@@ -8,8 +9,13 @@ Every backend computes the same problem from the same random inputs:
   are already in the KV cache, the queries are the last Lq = L - p tokens, the keys/values all L
   tokens, and the causal mask is aligned to the end (query i sees keys 0..p+i);
 * the KV cache is an SGLang-style pool ``[B·L + 1, Hkv, D]`` (slot 0 = the padding slot) addressed
-  through ``kv_indptr``/``kv_indices``; the dense backends get the same K/V gathered into
-  ``[B, H, L, D]`` outside the timed region.
+  through ``kv_indptr``/``kv_indices`` (FA3: the same slots as a page-size-1 page table, the rows of
+  SGLang's ``req_to_token``); the dense backends get the same K/V gathered into ``[B, H, L, D]``
+  outside the timed region.
+
+Backends are entries of ``BACKENDS`` (a loader run once, a factory per shape) plus one display
+entry in ``_results.KERNEL_BACKEND_SPECS``; the issue #11 targets are computed for every backend
+marked there as a candidate.
 
 Timing: ``triton.testing.do_bench`` median (it clears the L2 cache between runs); the whole public
 call is timed (for sage_attn that includes K smoothing and INT8 quantization; for SageAttention
@@ -44,9 +50,22 @@ DEFAULT_SAGE_KERNEL = R.REPO_ROOT / "overlay/sglang/srt/layers/attention/sage_at
 # name -> (q heads, kv heads, head dim)
 GEOMETRIES: dict[str, tuple[int, int, int]] = {"llama3-8b": (32, 8, 128), "smollm2": (9, 3, 64)}
 # rough throughput guesses (TFLOPS) for the printed time estimate only
-_EST_TFLOPS = {"sage": 400.0, "cudnn": 450.0, "flash": 300.0, "sageattn": 300.0, "triton_extend": 120.0}
-FATAL_MARKERS = ("illegal memory access", "unspecified launch failure", "device-side assert",
-                 "CUDA error: an illegal", "misaligned address")
+_EST_TFLOPS = {
+    "sage": 400.0,
+    "cudnn": 450.0,
+    "fa3": 550.0,
+    "fa3_fp8": 650.0,
+    "flash": 300.0,
+    "sageattn": 300.0,
+    "triton_extend": 120.0,
+}
+FATAL_MARKERS = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "device-side assert",
+    "CUDA error: an illegal",
+    "misaligned address",
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +97,7 @@ class Shape:
 
     def label(self) -> str:
         """Short printable name."""
-        return (f"{self.geometry} B={self.batch} L={R.fmt_len(self.seq_len)} "
-                f"prefix={round(self.prefix_frac * 100)}%")
+        return f"{self.geometry} B={self.batch} L={R.fmt_len(self.seq_len)} prefix={round(self.prefix_frac * 100)}%"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,36 +106,62 @@ class Shape:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="small sweep (L=4K,16K, B=1, both geometries and prefixes; shorter timing)")
-    ap.add_argument("--lengths", default=None, help="total tokens per sequence, comma list "
-                    "(default 1024,4096,16384,32768,65536; quick 4096,16384)")
+    ap.add_argument(
+        "--quick", action="store_true", help="small sweep (L=4K,16K, B=1, both geometries and prefixes; shorter timing)"
+    )
+    ap.add_argument(
+        "--lengths",
+        default=None,
+        help="total tokens per sequence, comma list (default 1024,4096,16384,32768,65536; quick 4096,16384)",
+    )
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,8; quick 1)")
     ap.add_argument("--prefix", default="0,0.5", help="prefix fractions of L (default 0,0.5)")
     ap.add_argument("--geometries", default=",".join(GEOMETRIES), help=f"subset of {list(GEOMETRIES)}")
-    ap.add_argument("--backends", default=",".join(R.KERNEL_BACKENDS), help=f"subset of {R.KERNEL_BACKENDS}")
-    ap.add_argument("--max-batch-tokens", type=int, default=131072,
-                    help="skip shapes with B*L above this (default 131072: B=8 up to 16K)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help=f"subset of {list(BACKENDS)}")
+    ap.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=131072,
+        help="skip shapes with B*L above this (default 131072: B=8 up to 16K)",
+    )
     ap.add_argument("--warmup", type=float, default=None, help="do_bench warmup ms (default 25; quick 10)")
     ap.add_argument("--rep", type=float, default=None, help="do_bench rep ms (default 100; quick 40)")
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="stop starting new shapes after this many seconds (default 420)")
+    ap.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting new shapes after this many seconds (default 420)"
+    )
     ap.add_argument("--sage-kernel", default=str(DEFAULT_SAGE_KERNEL), help="path of sage_attn kernels.py")
-    ap.add_argument("--ref-rows", type=int, default=256, help="reference query rows per sequence at B=1 "
-                    "(divided by B, at least 32)")
-    ap.add_argument("--k-bias", type=float, default=1.0,
-                    help="std of a per-(kv head, channel) offset added to K (LLM-like outlier channels)")
-    ap.add_argument("--shuffle-slots", action="store_true", help="random KV pool slot order (default: "
-                    "each sequence in consecutive slots, as a fresh SGLang pool hands them out)")
+    ap.add_argument(
+        "--ref-rows", type=int, default=256, help="reference query rows per sequence at B=1 (divided by B, at least 32)"
+    )
+    ap.add_argument(
+        "--k-bias",
+        type=float,
+        default=R.I11_K_BIAS,
+        help="std of a per-(kv head, channel) offset added to K, in units of K's own std (LLM-like "
+        f"outlier channels; default {R.I11_K_BIAS}: the inputs issue #11's accuracy target names)",
+    )
+    ap.add_argument(
+        "--shuffle-slots",
+        action="store_true",
+        help="random KV pool slot order (default: "
+        "each sequence in consecutive slots, as a fresh SGLang pool hands them out)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-root", default=str(R.RESULTS_ROOT),
-                    help="results go to <out-root>/<gpu-slug>/ (default benchmarks/results; on the device "
-                         "machine use $OUT so that they come back)")
+    ap.add_argument(
+        "--out-root",
+        default=str(R.RESULTS_ROOT),
+        help="results go to <out-root>/<gpu-slug>/ (default benchmarks/results; on the device "
+        "machine use $OUT so that they come back)",
+    )
     ap.add_argument("--out-dir", default=None, help="exact output directory (overrides --out-root)")
     ap.add_argument("--stem", default=None, help="output file stem (default kernels / kernels_quick)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render md/png from a result JSON")
-    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                    help="cpu: plumbing dry run under TRITON_INTERPRET=1 (tiny shapes, no timing value)")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: plumbing dry run under TRITON_INTERPRET=1 (tiny shapes, no timing value)",
+    )
     args = ap.parse_args(argv)
     args.lengths = args.lengths or ("4096,16384" if args.quick else "1024,4096,16384,32768,65536")
     args.batches = args.batches or ("1" if args.quick else "1,8")
@@ -149,13 +193,15 @@ def plan_shapes(args: argparse.Namespace) -> tuple[list[Shape], list[str]]:
                 for L in _ints(args.lengths):
                     s = Shape(geo, hq, hkv, d, b, L, pf)
                     if b * L > args.max_batch_tokens:
-                        notes.append(f"left out {s.label()}: B*L={b * L} > --max-batch-tokens "
-                                     f"{args.max_batch_tokens}")
+                        notes.append(f"left out {s.label()}: B*L={b * L} > --max-batch-tokens {args.max_batch_tokens}")
                         continue
                     if s.lq <= 0:
                         notes.append(f"left out {s.label()}: no query tokens")
                         continue
                     shapes.append(s)
+    # the shapes issue #11's targets read first, so that a run cut short by its budget still has them
+    wanted = {(R.I11_KERNEL_GEOMETRY, 1, L, pf) for L, pf, _ in R.I11_KERNEL_SPEED}
+    shapes.sort(key=lambda x: (x.geometry, x.batch, x.seq_len, x.prefix_frac) not in wanted)
     return shapes, notes
 
 
@@ -196,9 +242,15 @@ def make_inputs(shape: Shape, seed: int, k_bias: float, shuffle: bool, device: s
     slots = slots.view(B, L).to(torch.int64)
     ar = torch.arange(B + 1, device=dev, dtype=torch.int32)
     inp: dict[str, Any] = {
-        "q": q, "k_pool": k_pool, "v_pool": v_pool, "slots": slots,
-        "qo_indptr": ar * lq, "kv_indptr": ar * L, "kv_indices": slots.reshape(-1).contiguous(),
-        "prefix_indptr": ar * p, "prefix_indices": slots[:, :p].reshape(-1).contiguous(),
+        "q": q,
+        "k_pool": k_pool,
+        "v_pool": v_pool,
+        "slots": slots,
+        "qo_indptr": ar * lq,
+        "kv_indptr": ar * L,
+        "kv_indices": slots.reshape(-1).contiguous(),
+        "prefix_indptr": ar * p,
+        "prefix_indices": slots[:, :p].reshape(-1).contiguous(),
     }
     ext = slots[:, p:].reshape(-1)
     inp["k_ext"] = k_pool[ext].contiguous()
@@ -240,10 +292,10 @@ def exact_reference(q: Any, k_seq: Any, v_seq: Any, shape: Shape, rows: list[int
         for h in range(shape.hkv):
             kb = k_seq[b, :, h].float()  # [L, D]
             vb = v_seq[b, :, h].float()
-            qh = qb[:, h * grp:(h + 1) * grp].transpose(0, 1)  # [grp, R, D]
+            qh = qb[:, h * grp : (h + 1) * grp].transpose(0, 1)  # [grp, R, D]
             s = torch.matmul(qh, kb.t()) * sm_scale  # [grp, R, L]
             s.masked_fill_(masked[None], float("-inf"))
-            out[b, :, h * grp:(h + 1) * grp] = torch.matmul(torch.softmax(s, dim=-1), vb).transpose(0, 1)
+            out[b, :, h * grp : (h + 1) * grp] = torch.matmul(torch.softmax(s, dim=-1), vb).transpose(0, 1)
             del s
     return out
 
@@ -256,12 +308,18 @@ def compare_rows(out_packed: Any, shape: Shape, rows: list[int], ref: Any) -> di
     sel = o[:, torch.tensor(rows, device=o.device)].float()
     finite = bool(torch.isfinite(sel).all())
     if not finite:
-        return {"cos": None, "min_cos": None, "rel_l2": None, "max_abs": None, "finite": False}
+        return {"cos": None, "min_cos": None, "rel_l2": None, "rel_l1": None, "max_abs": None, "finite": False}
     a, b = sel.flatten().double(), ref.flatten().double()
     cos = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
     per = torch.nn.functional.cosine_similarity(sel.reshape(-1, shape.d), ref.reshape(-1, shape.d), dim=-1)
-    return {"cos": cos, "min_cos": float(per.min()), "rel_l2": float((a - b).norm() / b.norm().clamp_min(1e-30)),
-            "max_abs": float((sel - ref).abs().max()), "finite": True}
+    return {
+        "cos": cos,
+        "min_cos": float(per.min()),
+        "rel_l2": float((a - b).norm() / b.norm().clamp_min(1e-30)),
+        "rel_l1": float((a - b).abs().sum() / b.abs().sum().clamp_min(1e-30)),
+        "max_abs": float((sel - ref).abs().max()),
+        "finite": True,
+    }
 
 
 def full_cosine(a: Any, b: Any, chunk: int = 1 << 24) -> float:
@@ -271,7 +329,7 @@ def full_cosine(a: Any, b: Any, chunk: int = 1 << 24) -> float:
     af, bf = a.reshape(-1), b.reshape(-1)
     dot = na = nb = 0.0
     for i in range(0, af.numel(), chunk):
-        x, y = af[i:i + chunk].double(), bf[i:i + chunk].double()
+        x, y = af[i : i + chunk].double(), bf[i : i + chunk].double()
         dot += float(torch.dot(x, y))
         na += float(torch.dot(x, x))
         nb += float(torch.dot(y, y))
@@ -346,8 +404,9 @@ def _dense_mask(lq: int, lkv: int, dtype: Any, device: Any) -> Any:
     return m.view(1, 1, lq, lkv)
 
 
-def build_sdpa_fn(name: str, method: str, gqa_native: bool, q: Any, k: Any, v: Any,
-                  sm_scale: float) -> Callable[[], Any]:
+def build_sdpa_fn(
+    name: str, method: str, gqa_native: bool, q: Any, k: Any, v: Any, sm_scale: float
+) -> Callable[[], Any]:
     """A zero-arg call of F.scaled_dot_product_attention (run it inside ``sdpa_kernel``)."""
     import torch.nn.functional as F
 
@@ -379,8 +438,9 @@ def build_sdpa_fn(name: str, method: str, gqa_native: bool, q: Any, k: Any, v: A
 _PROBES: dict[tuple[Any, ...], tuple[tuple[str, bool] | None, list[str]]] = {}
 
 
-def probe_sdpa(name: str, shape: Shape, sm_scale: float,
-               device: str = "cuda") -> tuple[tuple[str, bool] | None, list[str]]:
+def probe_sdpa(
+    name: str, shape: Shape, sm_scale: float, device: str = "cuda"
+) -> tuple[tuple[str, bool] | None, list[str]]:
     """Find a (mask method, native GQA) combination for which this SDPA backend gives the right
     bottom-right causal result, checked on a small problem of the same geometry (cached).
 
@@ -416,44 +476,67 @@ def probe_sdpa(name: str, shape: Shape, sm_scale: float,
                     choice = (method, native)
                     notes.append(f"{method}/{'native' if native else 'expanded'} GQA: ok (cos {c:.5f})")
                     break
-                notes.append(f"{method}/{'native' if native else 'expanded'} GQA: wrong result "
-                             f"(cos {R.fmt(c, '.4f')}: not bottom-right causal)")
+                notes.append(
+                    f"{method}/{'native' if native else 'expanded'} GQA: wrong result "
+                    f"(cos {R.fmt(c, '.4f')}: not bottom-right causal)"
+                )
             except Exception as exc:  # noqa: BLE001
-                notes.append(f"{method}/{'native' if native else 'expanded'} GQA: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                notes.append(
+                    f"{method}/{'native' if native else 'expanded'} GQA: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                )
         if choice:
             break
     _PROBES[key] = (choice, notes)
     return choice, notes
 
 
-def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float,
-                 ctx: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[Any], Any], dict[str, Any], Any]:
-    """(fn, to_packed, info, context manager factory) for one backend; raises Unavailable."""
+BackendCall = tuple[Callable[[], Any], Callable[[Any], Any], dict[str, Any], Callable[[], Any]]
+
+
+def _null_cm() -> Any:
     import contextlib
 
+    return contextlib.nullcontext()
+
+
+def _loaded(name: str, ctx: dict[str, Any]) -> Any:
+    """The object ``BACKENDS[name].load`` returned, or Unavailable with the recorded load error."""
+    if ctx.get(name) is None:
+        raise Unavailable(ctx.get(f"{name}_error", f"{name} not loaded"))
+    return ctx[name]
+
+
+def _make_sage(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
     import torch
 
-    B, L, lq = shape.batch, shape.seq_len, shape.lq
-    info: dict[str, Any] = {}
-    null = contextlib.nullcontext
-    if name == "sage":
-        mod = ctx.get("sage")
-        if mod is None:
-            raise Unavailable(ctx.get("sage_error", "sage kernel not loaded"))
-        sage = mod.sage_extend_attention
-        out = torch.empty_like(inp["q"])
-        args = (inp["q"], inp["k_pool"], inp["v_pool"], inp["qo_indptr"], inp["kv_indptr"],
-                inp["kv_indices"], lq, L, sm_scale)
-        info["note"] = "contract call sage_extend_attention (plan + smoothing + quantization + attention)"
+    sage = _loaded("sage", ctx).sage_extend_attention
+    out = torch.empty_like(inp["q"])
+    args = (
+        inp["q"],
+        inp["k_pool"],
+        inp["v_pool"],
+        inp["qo_indptr"],
+        inp["kv_indptr"],
+        inp["kv_indices"],
+        shape.lq,
+        shape.seq_len,
+        sm_scale,
+    )
+    info = {"note": "contract call sage_extend_attention (plan + smoothing + quantization + attention)"}
 
-        def fn() -> Any:
-            return sage(*args, causal=True, out=out)
+    def fn() -> Any:
+        return sage(*args, causal=True, out=out)
 
-        return fn, (lambda o: out if o is None else o), info, null
-    if name in ("cudnn", "flash"):
+    return fn, (lambda o: out if o is None else o), info, _null_cm
+
+
+def _make_sdpa(name: str) -> Callable[[Shape, dict[str, Any], float, dict[str, Any]], BackendCall]:
+    def make(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
         from torch.nn.attention import sdpa_kernel
 
+        B, lq = shape.batch, shape.lq
+        info: dict[str, Any] = {}
         choice, notes = probe_sdpa(name, shape, sm_scale, inp["q"].device.type)
         info["probe"] = notes
         if choice is None:
@@ -463,67 +546,216 @@ def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float,
         info["gqa"] = "native" if native else "expanded outside timing"
         fn = build_sdpa_fn(name, method, native, inp["q_hnd"], inp["k_hnd"], inp["v_hnd"], sm_scale)
         be = _sdpa_backend(name)
-        return fn, (lambda o: o.transpose(1, 2).reshape(B * lq, shape.hq, shape.d)), info, \
-            (lambda: sdpa_kernel([be]))
-    if name == "sageattn":
-        sa = ctx.get("sageattn")
-        if sa is None:
-            raise Unavailable(ctx.get("sageattn_error", "sageattention not importable"))
-        if shape.prefix > 0:
-            raise Unavailable("sageattention 1.0.6 causal mask is top-left aligned (requires Lq == Lkv); "
-                              "prefix > 0 unsupported")
-        q4 = inp["q"].view(B, lq, shape.hq, shape.d)
-        k4 = inp["k_seq"].clone()  # smooth_k subtracts the mean from k IN PLACE: own copy
-        v4 = inp["v_seq"]
-        info["note"] = "NHD layout; smooth_k=True on a private K copy (re-smoothing is idempotent)"
+        return fn, (lambda o: o.transpose(1, 2).reshape(B * lq, shape.hq, shape.d)), info, (lambda: sdpa_kernel([be]))
 
-        def fn() -> Any:
-            return sa(q4, k4, v4, tensor_layout="NHD", is_causal=True, sm_scale=sm_scale, smooth_k=True)
+    return make
 
-        return fn, (lambda o: o.reshape(B * lq, shape.hq, shape.d)), info, null
-    if name == "triton_extend":
-        ext = ctx.get("triton_extend")
-        if ext is None:
-            raise Unavailable(ctx.get("triton_extend_error", "sglang extend_attention_fwd not importable"))
-        out = torch.empty_like(inp["q"])
-        qo = inp["qo_indptr"].to(torch.int64)  # as SGLang's triton backend passes them
-        args = (inp["q"], inp["k_ext"], inp["v_ext"], out, inp["k_pool"], inp["v_pool"], qo,
-                inp["prefix_indptr"], inp["prefix_indices"], None, True, None, lq, 1.0, 1.0)
-        info["note"] = "new tokens' K/V passed separately, prefix via kv_indptr/kv_indices (as SGLang)"
 
-        def fn() -> Any:
-            return ext(*args, sm_scale=sm_scale)
+def fa3_args(shape: Shape, inp: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``flash_attn_with_kvcache`` as SGLang 0.5.17's fa3 backend passes them
+    for an extend batch (``forward_extend``, no cascade, no local attention): packed ``q`` with
+    ``cu_seqlens_q``, the pool viewed as pages of one token ``[slots, 1, Hkv, D]``, the page table =
+    each request's slots (its ``req_to_token`` row, int32), ``cache_seqlens`` = total KV length per
+    request, ``cu_seqlens_k_new`` = the KV indptr, ``causal=True`` (FA3 aligns it bottom-right: query i
+    sees keys ``0..p+i``)."""
+    import torch
 
-        return fn, (lambda o: out), info, null
-    raise Unavailable(f"unknown backend {name}")
+    B, L = shape.batch, shape.seq_len
+    dev = inp["q"].device
+    return {
+        "page_table": inp["slots"].to(torch.int32).contiguous(),
+        "cache_seqlens": torch.full((B,), L, dtype=torch.int32, device=dev),
+        "cu_seqlens_q": inp["qo_indptr"].to(torch.int32),
+        "cu_seqlens_k_new": inp["kv_indptr"].to(torch.int32),
+        "max_seqlen_q": shape.lq,
+        "causal": True,
+    }
+
+
+def _make_fa3(fp8: bool) -> Callable[[Shape, dict[str, Any], float, dict[str, Any]], BackendCall]:
+    def make(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+        import torch
+
+        fa = _loaded("fa3", ctx)
+        kw = fa3_args(shape, inp)
+        kw["softmax_scale"] = sm_scale
+        hkv, d = shape.hkv, shape.d
+        info: dict[str, Any] = {
+            "note": "sgl_kernel.flash_attn_with_kvcache over the paged pool (page size 1, "
+            "req_to_token-like page table), arguments as SGLang's fa3 backend"
+        }
+        if fp8:
+            # SGLang with --kv-cache-dtype fp8_e4m3 stores K/V cast to e4m3 when they are written (no
+            # scale without checkpoint scales: k_scale is None, so no descale) and casts q in the layer
+            # call: the pool cast is outside the timed call, the q cast inside.
+            e4m3 = torch.float8_e4m3fn
+            k_cache = inp["k_pool"].to(e4m3).view(-1, 1, hkv, d)
+            v_cache = inp["v_pool"].to(e4m3).view(-1, 1, hkv, d)
+            q = inp["q"]
+            info["note"] += "; K/V pool stored as e4m3 (plain cast, no descale), q cast to e4m3 inside the call"
+
+            def fn() -> Any:
+                return fa(q=q.to(e4m3), k_cache=k_cache, v_cache=v_cache, **kw)
+        else:
+            k_cache = inp["k_pool"].view(-1, 1, hkv, d)
+            v_cache = inp["v_pool"].view(-1, 1, hkv, d)
+            q = inp["q"]
+
+            def fn() -> Any:
+                return fa(q=q, k_cache=k_cache, v_cache=v_cache, **kw)
+
+        return fn, (lambda o: o.reshape(shape.batch * shape.lq, shape.hq, d)), info, _null_cm
+
+    return make
+
+
+def _make_sageattn(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+    sa = _loaded("sageattn", ctx)
+    B, lq = shape.batch, shape.lq
+    if shape.prefix > 0:
+        raise Unavailable(
+            "sageattention 1.0.6 causal mask is top-left aligned (requires Lq == Lkv); prefix > 0 unsupported"
+        )
+    q4 = inp["q"].view(B, lq, shape.hq, shape.d)
+    k4 = inp["k_seq"].clone()  # smooth_k subtracts the mean from k IN PLACE: own copy
+    v4 = inp["v_seq"]
+    info = {"note": "NHD layout; smooth_k=True on a private K copy (re-smoothing is idempotent)"}
+
+    def fn() -> Any:
+        return sa(q4, k4, v4, tensor_layout="NHD", is_causal=True, sm_scale=sm_scale, smooth_k=True)
+
+    return fn, (lambda o: o.reshape(B * lq, shape.hq, shape.d)), info, _null_cm
+
+
+def _make_triton_extend(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+    import torch
+
+    ext = _loaded("triton_extend", ctx)
+    out = torch.empty_like(inp["q"])
+    qo = inp["qo_indptr"].to(torch.int64)  # as SGLang's triton backend passes them
+    args = (
+        inp["q"],
+        inp["k_ext"],
+        inp["v_ext"],
+        out,
+        inp["k_pool"],
+        inp["v_pool"],
+        qo,
+        inp["prefix_indptr"],
+        inp["prefix_indices"],
+        None,
+        True,
+        None,
+        shape.lq,
+        1.0,
+        1.0,
+    )
+    info = {"note": "new tokens' K/V passed separately, prefix via kv_indptr/kv_indices (as SGLang)"}
+
+    def fn() -> Any:
+        return ext(*args, sm_scale=sm_scale)
+
+    return fn, (lambda o: out), info, _null_cm
+
+
+def _load_fa3(args: argparse.Namespace) -> Any:
+    try:
+        from sgl_kernel.flash_attn import flash_attn_with_kvcache
+    except Exception as exc:  # noqa: BLE001
+        raise Unavailable(
+            f"import sgl_kernel.flash_attn failed ({type(exc).__name__}: {exc}); FA3 ships in the "
+            "offline bundle only when it is built with WITH_FA3=1 (shared/device/README.md), "
+            "and runs on sm90 only"
+        ) from exc
+    return flash_attn_with_kvcache
+
+
+def _load_sageattn(args: argparse.Namespace) -> Any:
+    try:
+        from sageattention import sageattn
+    except Exception as exc:  # noqa: BLE001
+        raise Unavailable(
+            f"import sageattention failed ({type(exc).__name__}: {exc}); set PYTHONPATH=/tmp/site"
+        ) from exc
+    return sageattn
+
+
+def _load_triton_extend(args: argparse.Namespace) -> Any:
+    try:
+        from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+    except Exception as exc:  # noqa: BLE001
+        raise Unavailable(
+            f"import sglang extend_attention_fwd failed ({type(exc).__name__}: {exc}); set PYTHONPATH=/tmp/site"
+        ) from exc
+    return extend_attention_fwd
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to run one row: ``load`` once per process (its exception is the recorded reason for every
+    shape), ``make`` per shape (raise Unavailable for a shape it cannot run), optional ``extra``:
+    more measurements of the same backend on the same shape (returns fields for its entry)."""
+
+    make: Callable[[Shape, dict[str, Any], float, dict[str, Any]], BackendCall]
+    load: Callable[[argparse.Namespace], Any] | None = None
+    extra: Callable[[Any, Shape, dict[str, Any], float, argparse.Namespace, list[int], Any], dict[str, Any]] | None = (
+        None
+    )
+    shares: str | None = None  # use another backend's loaded object (fa3_fp8 loads nothing of its own)
+    # run after the shape's other rows: a path that may crash the process (a fatal CUDA error ends
+    # all GPU work) must not cost the rows measured beside it
+    run_last: bool = False
+
+
+def sage_planned_extra(
+    mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float, args: argparse.Namespace, rows: list[int], ref: Any
+) -> dict[str, Any]:
+    """The per-layer call inside SGLang (plan prebuilt once per batch), timed on the same shape."""
+    pfn = sage_planned(mod, shape, inp, sm_scale)
+    c = compare_rows(pfn(), shape, rows, ref)
+    pms = bench_ms(pfn, args.device, args.warmup, args.rep)
+    return {"ms_planned": pms, "tflops_planned": shape.flops / (pms * 1e-3) / 1e12, "cos_planned": c["cos"]}
+
+
+# Every runnable row. A new backend: one entry here and one in _results.KERNEL_BACKEND_SPECS.
+BACKENDS: dict[str, Backend] = {
+    "sage": Backend(make=_make_sage, load=lambda a: load_sage_module(a.sage_kernel), extra=sage_planned_extra),
+    "cudnn": Backend(make=_make_sdpa("cudnn")),
+    "fa3": Backend(make=_make_fa3(fp8=False), load=_load_fa3),
+    "fa3_fp8": Backend(make=_make_fa3(fp8=True), shares="fa3", run_last=True),
+    "flash": Backend(make=_make_sdpa("flash")),
+    "sageattn": Backend(make=_make_sageattn, load=_load_sageattn),
+    "triton_extend": Backend(make=_make_triton_extend, load=_load_triton_extend),
+}
+
+
+def make_backend(name: str, shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+    """(fn, to_packed, info, context manager factory) for one backend; raises Unavailable."""
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise Unavailable(f"unknown backend {name}")
+    return spec.make(shape, inp, sm_scale, ctx)
 
 
 def init_backends(args: argparse.Namespace, wanted: list[str]) -> dict[str, Any]:
-    """Import the optional backends once; record why one is missing."""
+    """Import the optional backends once; record why one is missing (``ctx[f"{name}_error"]``)."""
     ctx: dict[str, Any] = {}
-    if "sage" in wanted:
+    for name in wanted:
+        spec = BACKENDS.get(name)
+        key = (spec.shares if spec else None) or name
+        src = BACKENDS.get(key)
+        if src is None or src.load is None or key in ctx or f"{key}_error" in ctx:
+            continue
         try:
-            ctx["sage"] = load_sage_module(args.sage_kernel)
+            ctx[key] = src.load(args)
         except Exception as exc:  # noqa: BLE001
-            ctx["sage_error"] = f"{type(exc).__name__}: {exc}"
-    if "sageattn" in wanted:
-        try:
-            from sageattention import sageattn
-
-            ctx["sageattn"] = sageattn
-        except Exception as exc:  # noqa: BLE001
-            ctx["sageattn_error"] = f"import sageattention failed ({type(exc).__name__}: {exc}); " \
-                                    "set PYTHONPATH=/tmp/site"
-    if "triton_extend" in wanted:
-        try:
-            from sglang.kernels.ops.attention.extend_attention import (
-                extend_attention_fwd,
-            )
-
-            ctx["triton_extend"] = extend_attention_fwd
-        except Exception as exc:  # noqa: BLE001
-            ctx["triton_extend_error"] = f"import sglang extend_attention_fwd failed " \
-                                         f"({type(exc).__name__}: {exc}); set PYTHONPATH=/tmp/site"
+            ctx[f"{key}_error"] = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+    for name in wanted:
+        spec = BACKENDS.get(name)
+        if spec is not None and spec.shares:
+            ctx[name] = ctx.get(spec.shares)
+            if f"{spec.shares}_error" in ctx:
+                ctx[f"{name}_error"] = ctx[f"{spec.shares}_error"]
     return ctx
 
 
@@ -550,21 +782,30 @@ def sage_planned(mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float) -
     out = torch.empty_like(inp["q"])
 
     def fn() -> Any:
-        return mod.sage_extend_attention_planned(inp["q"], inp["k_pool"], inp["v_pool"], plan,
-                                                 inp["kv_indices"], row_off, sm_scale, True, out)
+        return mod.sage_extend_attention_planned(
+            inp["q"], inp["k_pool"], inp["v_pool"], plan, inp["kv_indices"], row_off, sm_scale, True, out
+        )
 
     return fn
 
 
-def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: dict[str, Any],
-              seed: int) -> tuple[dict[str, Any], bool]:
+def run_shape(
+    shape: Shape, args: argparse.Namespace, backends: list[str], ctx: dict[str, Any], seed: int
+) -> tuple[dict[str, Any], bool]:
     """Benchmark every backend on one shape. Returns (record, fatal_cuda_error)."""
     import torch
 
     dev = args.device
     sm_scale = 1.0 / math.sqrt(shape.d)
-    rec: dict[str, Any] = {**asdict(shape), "prefix": shape.prefix, "lq": shape.lq, "lkv": shape.seq_len,
-                           "flops": shape.flops, "seed": seed, "backends": {}}
+    rec: dict[str, Any] = {
+        **asdict(shape),
+        "prefix": shape.prefix,
+        "lq": shape.lq,
+        "lkv": shape.seq_len,
+        "flops": shape.flops,
+        "seed": seed,
+        "backends": {},
+    }
     fatal = False
     t0 = time.time()
     inp = make_inputs(shape, seed, args.k_bias, args.shuffle_slots, dev)
@@ -575,6 +816,7 @@ def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: 
     sdpa_from = None
     # SDPA first, so that the others can be compared with its full output
     order = [b for b in ("cudnn", "flash") if b in backends] + [b for b in backends if b not in ("cudnn", "flash")]
+    order.sort(key=lambda b: BACKENDS[b].run_last)  # stable: otherwise unchanged
     for name in order:
         entry: dict[str, Any] = {"status": "error"}
         rec["backends"][name] = entry
@@ -598,23 +840,19 @@ def run_shape(shape: Shape, args: argparse.Namespace, backends: list[str], ctx: 
                 del o, packed
                 ms = bench_ms(fn, dev, args.warmup, args.rep)
             entry.update(status="ok", ms=ms, tflops=shape.flops / (ms * 1e-3) / 1e12)
-            if name == "sage":
-                try:  # extra: the per-layer cost inside SGLang (plan prebuilt once per batch)
-                    pfn = sage_planned(ctx["sage"], shape, inp, sm_scale)
-                    c = compare_rows(pfn(), shape, rows, ref)
-                    pms = bench_ms(pfn, dev, args.warmup, args.rep)
-                    entry.update(ms_planned=pms, tflops_planned=shape.flops / (pms * 1e-3) / 1e12,
-                                 cos_planned=c["cos"])
+            extra = BACKENDS[name].extra
+            if extra is not None:
+                try:  # e.g. sage: the per-layer cost inside SGLang (plan prebuilt once per batch)
+                    entry.update(extra(ctx[name], shape, inp, sm_scale, args, rows, ref))
                 except Exception as exc:  # noqa: BLE001
-                    entry["planned_error"] = _short_exc(exc)
-                    if any(m in entry["planned_error"] for m in FATAL_MARKERS):
+                    entry["extra_error"] = _short_exc(exc)
+                    if any(m in entry["extra_error"] for m in FATAL_MARKERS):
                         fatal = True
         except Unavailable as exc:
             entry.update(status="skipped", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - record and go on
             msg = _short_exc(exc)
-            entry.update(status="error", error=("CUDA OOM: " if isinstance(exc, torch.OutOfMemoryError) else "")
-                         + msg)
+            entry.update(status="error", error=("CUDA OOM: " if isinstance(exc, torch.OutOfMemoryError) else "") + msg)
             if any(m in msg for m in FATAL_MARKERS):
                 fatal = True
         finally:
@@ -642,12 +880,25 @@ def _line(rec: dict[str, Any], backends: list[str]) -> str:
             cells.append(f"{n}={e['ms']:.3f}ms/{e['tflops']:.0f}TF/cos{R.fmt(e.get('cos'), '.4f')}")
         else:
             cells.append(f"{n}={e.get('status', '?').upper()}")
-    sage = rec["backends"].get("sage", {})
-    if sage.get("ms_planned") is not None:
-        cells.append(f"sage(plan prebuilt)={sage['ms_planned']:.3f}ms")
+    for c in R.KERNEL_CANDIDATES:
+        e = rec["backends"].get(c, {})
+        if e.get("ms_planned") is not None:
+            cells.append(f"{c}(plan prebuilt)={e['ms_planned']:.3f}ms")
     ra = rec["ratios"]
-    return (" | ".join(cells) + f" || sage/cudnn={R.fmt(ra.get('sage_vs_cudnn'))}x "
-            f"sage/triton={R.fmt(ra.get('sage_vs_triton_extend'))}x ({rec['wall_s']:.1f}s)")
+    speedups = [
+        f"{c}/{o}={R.fmt(ra.get(f'{c}_vs_{o}'))}x"
+        for c in R.KERNEL_CANDIDATES
+        if c in backends
+        for o in ("cudnn", "fa3", "fa3_fp8", "triton_extend")
+        if o in backends
+    ]
+    return " | ".join(cells) + " || " + " ".join(speedups) + f" ({rec['wall_s']:.1f}s)"
+
+
+def kernel_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #11 targets (every candidate backend) then issue #5's (sage) for a result document."""
+    res = doc.get("results", [])
+    return R.evaluate_kernel_targets_i11(res, (doc.get("config") or {}).get("k_bias")) + R.evaluate_kernel_targets(res)
 
 
 def render_only(path: str) -> int:
@@ -656,7 +907,7 @@ def render_only(path: str) -> int:
     if doc is None:
         R.log(f"cannot read {path}")
         return 2
-    doc["targets"] = R.evaluate_kernel_targets(doc.get("results", []))
+    doc["targets"] = kernel_targets(doc)
     p = Path(path)
     paths = R.write_reports(doc, p.parent, p.stem)
     R.log("\n".join(R.target_lines(doc["targets"])))
@@ -671,18 +922,22 @@ def main(argv: list[str] | None = None) -> int:
         return render_only(args.render)
     t_start = time.time()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in backends if b not in R.KERNEL_BACKENDS]
+    bad = [b for b in backends if b not in BACKENDS]
     if bad:
-        R.log(f"unknown backends {bad}; choose from {R.KERNEL_BACKENDS}")
+        R.log(f"unknown backends {bad}; choose from {list(BACKENDS)}")
         return 2
     shapes, notes = plan_shapes(args)
     est = sum(estimate_seconds(s, backends, args.warmup, args.rep) for s in shapes)
-    R.log(f"[plan] {len(shapes)} shapes x backends {backends}; do_bench warmup={args.warmup}ms "
-          f"rep={args.rep}ms; budget {args.budget_s:.0f}s; rough estimate ~{est:.0f}s + compile "
-          f"(~10-60s)")
+    R.log(
+        f"[plan] {len(shapes)} shapes x backends {backends}; do_bench warmup={args.warmup}ms "
+        f"rep={args.rep}ms; budget {args.budget_s:.0f}s; rough estimate ~{est:.0f}s + compile "
+        f"(~10-60s)"
+    )
     for s in shapes:
-        R.log(f"[plan]   {s.label():<36} Lq={s.lq:<6} Lkv={s.seq_len:<6} "
-              f"{s.flops / 1e12:8.2f} TFLOP/call  ~{estimate_seconds(s, backends, args.warmup, args.rep):.1f}s")
+        R.log(
+            f"[plan]   {s.label():<36} Lq={s.lq:<6} Lkv={s.seq_len:<6} "
+            f"{s.flops / 1e12:8.2f} TFLOP/call  ~{estimate_seconds(s, backends, args.warmup, args.rep):.1f}s"
+        )
     for n in notes:
         R.log(f"[plan]   {n}")
 
@@ -691,27 +946,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         R.log("no CUDA device: nothing to benchmark (--device cpu with TRITON_INTERPRET=1 is a dry run)")
         return 2
-    env = R.capture_env(extra_files={"sage_kernels.py": args.sage_kernel, "bench_kernels.py": __file__,
-                                     "_results.py": R.__file__})
+    env = R.capture_env(
+        extra_files={"sage_kernels.py": args.sage_kernel, "bench_kernels.py": __file__, "_results.py": R.__file__}
+    )
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.out_root) / env["gpu_slug"]
     cfg = {k: v for k, v in vars(args).items() if k not in ("render",)}
     doc = {"kind": "kernels", "env": env, "config": cfg, "notes": list(notes), "results": []}
     rf = R.ResultsFile(out_dir / f"{args.stem}.json", doc)
-    R.log(f"[env] {env.get('gpu')} driver {env.get('driver')} torch {env.get('torch')} "
-          f"triton {env.get('triton')} sglang {env['versions'].get('sglang')} -> {rf.path}")
+    R.log(
+        f"[env] {env.get('gpu')} driver {env.get('driver')} torch {env.get('torch')} "
+        f"triton {env.get('triton')} sglang {env['versions'].get('sglang')} -> {rf.path}"
+    )
     ctx = init_backends(args, backends)
-    for k in ("sage_error", "sageattn_error", "triton_extend_error"):
-        if k in ctx:
-            R.log(f"[warn] {ctx[k]}")
+    for k in sorted({k for k in ctx if k.endswith("_error")}):
+        if k[: -len("_error")] in backends and ctx[k] not in rf.doc["notes"]:
+            R.log(f"[warn] {k[: -len('_error')]}: {ctx[k]}")
             rf.doc["notes"].append(ctx[k])
     fatal = False
     for i, s in enumerate(shapes):
         elapsed = time.time() - t_start
         if fatal or elapsed > args.budget_s:
             why = "earlier fatal CUDA error" if fatal else f"time budget {args.budget_s:.0f}s used up"
-            rf.add({**asdict(s), "prefix": s.prefix, "lq": s.lq, "lkv": s.seq_len, "flops": s.flops,
+            rf.add(
+                {
+                    **asdict(s),
+                    "prefix": s.prefix,
+                    "lq": s.lq,
+                    "lkv": s.seq_len,
+                    "flops": s.flops,
                     "backends": {b: {"status": "skipped", "reason": why} for b in backends},
-                    "ratios": {}, "skipped": why})
+                    "ratios": {},
+                    "skipped": why,
+                }
+            )
             R.log(f"[{i + 1}/{len(shapes)}] {s.label()}: SKIPPED ({why})")
             continue
         R.log(f"[{i + 1}/{len(shapes)}] {s.label()} (t={elapsed:.0f}s) ...")
@@ -720,22 +987,32 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - e.g. OOM while making inputs
             msg = _short_exc(exc)
             fatal = any(m in msg for m in FATAL_MARKERS)
-            rec = {**asdict(s), "prefix": s.prefix, "lq": s.lq, "lkv": s.seq_len, "flops": s.flops,
-                   "backends": {b: {"status": "error", "error": f"shape setup failed: {msg}"} for b in backends},
-                   "ratios": {}}
+            rec = {
+                **asdict(s),
+                "prefix": s.prefix,
+                "lq": s.lq,
+                "lkv": s.seq_len,
+                "flops": s.flops,
+                "backends": {b: {"status": "error", "error": f"shape setup failed: {msg}"} for b in backends},
+                "ratios": {},
+            }
             try:
                 torch.cuda.empty_cache()
             except Exception:  # noqa: BLE001
                 fatal = True
         rf.add(rec)
         R.log(f"    {_line(rec, backends)}")
-        rf.doc["targets"] = R.evaluate_kernel_targets(rf.doc["results"])
+        rf.doc["targets"] = kernel_targets(rf.doc)
         rf.save()
-    rf.doc["targets"] = R.evaluate_kernel_targets(rf.doc["results"])
+    rf.doc["targets"] = kernel_targets(rf.doc)
     rf.doc["total_wall_s"] = round(time.time() - t_start, 1)
     paths = R.write_reports(rf.doc, out_dir, args.stem)
-    R.log("[targets] (issue #5: sage >= 1.3x cuDNN and >= 4x SGLang triton extend at 16K-32K)")
-    for line in R.target_lines(rf.doc["targets"]) or ["N/A  no shape with L in 16K-32K was run"]:
+    R.log(
+        "[targets] issue #11: >= 1.3x cuDNN and FA3 at 16K/32K, >= 1.0x at 4K, >= 1.3x FA3 at 32K with 50 % "
+        f"prefix; rel L1 <= {R.I11_MAX_REL_L1} and cosine >= {R.I11_MIN_COS} vs fp32 (K offset std "
+        f"{R.I11_K_BIAS}). issue #5: sage >= 1.3x cuDNN and >= 4x SGLang triton extend at 16K-32K"
+    )
+    for line in R.target_lines(rf.doc["targets"]) or ["N/A  no target shape was run"]:
         R.log("  " + line)
     R.log(f"[done] {rf.doc['total_wall_s']}s; wrote {paths}")
     return 3 if fatal else 0

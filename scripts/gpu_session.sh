@@ -16,10 +16,19 @@
 #   bash scripts/gpu_session.sh floor    # scripts/agreement_floor.py: top-1 agreement triton/flashinfer/sage
 #   bash scripts/gpu_session.sh plugin   # scripts/plugin_gpu_check.py: pristine /tmp/site + the sglang-sage wheel only
 #                                        # (SGLang plugin): Engine, launch_server, sglang serve hybrid (~3 min)
+# Issues #11/#19/#16 (the bundle must carry FA3: WITH_FA3=1, shared/device/README.md):
+#   bash scripts/gpu_session.sh kernels  # bench_kernels.py alone (7 rows incl. FA3 bf16/FP8), ~2-3 min
+#   bash scripts/gpu_session.sh e2e11    # bench_e2e.py sage_attn + fa3, 4K..128K, -> h200/e2e_i11.*, ~5-6 min
+#   bash scripts/gpu_session.sh e2e19    # bench_e2e.py fa3+fp8kv + flashinfer, same prompts -> h200/e2e_i19.*, ~5-7 min
+#       then, on any machine: python3 benchmarks/bench_e2e.py --render benchmarks/results/h200/e2e_i11.json
+#                             benchmarks/results/h200/e2e_i19.json --stem e2e
+#   bash scripts/gpu_session.sh e2e_tp   # bench_e2e.py --tp 2 (2 GPUs): sage_attn + flashinfer, 4K/32K -> h200x2/, ~4 min
+#   bash scripts/gpu_session.sh tp_test  # registered 2-GPU test test_sage_attn_tp.py, ~4-6 min;
+#                                        # SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run (~2-3 min)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90}"
+phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test}"
 VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
 # shellcheck disable=SC2206
 VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
@@ -71,6 +80,31 @@ case "$phase" in
     env_setup
     python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
     timeout 560 python3 benchmarks/bench_e2e.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_e2e.log" | tail -60
+    ;;
+  kernels)
+    env_setup
+    timeout 420 python3 benchmarks/bench_kernels.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_kernels.log" | tail -60
+    ;;
+  e2e11|e2e19|e2e_tp)
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || echo "apply.py failed: sage engines will be skipped with the reason"
+    case "$phase" in
+      e2e11) e2e_args=(--backends sage_attn,fa3 --stem e2e_i11) ;;
+      e2e19) e2e_args=(--backends fa3+fp8kv,flashinfer --stem e2e_i19) ;;
+      e2e_tp) e2e_args=(--tp 2 --stem e2e) ;;
+    esac
+    # bench_e2e.py stops starting work at 480 s and its watchdog saves and exits at 540 s
+    timeout 570 python3 benchmarks/bench_e2e.py --out-root "$OUT" "${e2e_args[@]}" 2>&1 \
+      | tee "$OUT/bench_${phase}.log" | grep -v -E "Capturing batches|it/s\]|s/it\]" | tail -60
+    ;;
+  tp_test)
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || echo "apply.py failed"
+    export SGLANG_SAGE_TP_SIZE="${SGLANG_SAGE_TP_SIZE:-2}"
+    nvidia-smi -L
+    timeout 570 python3 -m pytest -v -s -rA overlay/test/registered/attention/test_sage_attn_tp.py \
+      >"$OUT/tp_test.log" 2>&1; echo "pytest rc=$?"
+    grep -E "PASSED|FAILED|ERROR|passed|failed|identical|counters|first differing|cached" "$OUT/tp_test.log" | tail -40
     ;;
   floor)
     env_setup

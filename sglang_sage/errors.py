@@ -20,7 +20,8 @@ EXIT_CODES: dict[int, str] = {
     OK: "success (also: already applied / already pristine)",
     INTERNAL: "internal error (a bug in sglang-sage; the tree was rolled back)",
     USAGE: "bad command line (unknown flag, missing value)",
-    NO_GPU: "applied, but no CUDA GPU in the target python: GPU tests not run",
+    NO_GPU: "applied, but GPU tests not run: no CUDA GPU in the target python, or fewer GPUs than a "
+    "registered test needs (the message names it)",
     REFUSED: "refused before writing anything (bad tree, version, drift, dirty, read-only, git missing, API check)",
     APPLY_FAILED: "a step failed while writing; everything was rolled back",
     TESTS_FAILED: "applied and built, but the GPU attention tests failed",

@@ -1,11 +1,15 @@
 """Run the registered sage_attn attention tests on the GPU of the target python.
 
 No GPU is not a pass: it is reported and gets its own exit code, so CI on CPU can never
-mistake "not tested" for "tested".
+mistake "not tested" for "tested". The same holds for a test registered for more GPUs than the
+machine has (SGLang's ``register_cuda_ci(..., runner_config="2-gpu-...")``): it is not run, and
+the report names it.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ _PROBE = (
     "import sys\n"
     "try:\n    import torch\nexcept Exception as e:\n    print('torch not importable: %s' % e); sys.exit(2)\n"
     "ok = torch.cuda.is_available()\n"
+    "print('GPUS=%d' % (torch.cuda.device_count() if ok else 0))\n"
     "print('torch %s, cuda %s, %s' % (torch.__version__, torch.version.cuda, "
     "torch.cuda.get_device_name(0) if ok else 'no CUDA device'))\n"
     "sys.exit(0 if ok else 1)\n"
@@ -30,6 +35,7 @@ class GpuProbe:
 
     available: bool
     detail: str
+    count: int = 0
 
 
 def probe(python: str) -> GpuProbe:
@@ -40,7 +46,45 @@ def probe(python: str) -> GpuProbe:
         return GpuProbe(False, f"cannot run {python}: {exc}")
     lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
     detail = lines[-1] if lines else f"exit status {proc.returncode}"
-    return GpuProbe(proc.returncode == 0, detail)
+    m = re.search(r"^GPUS=(\d+)$", proc.stdout, re.M)
+    count = int(m.group(1)) if m else 0
+    if proc.returncode == 0 and count > 1:
+        detail = f"{detail} (x{count})"
+    return GpuProbe(proc.returncode == 0, detail, count if proc.returncode == 0 else 0)
+
+
+def gpus_needed(path: Path) -> int:
+    """GPUs a registered test file asks for: the ``N`` of ``runner_config="N-gpu..."`` in its
+    top-level ``register_cuda_ci(...)`` call (SGLang's CI picks the runner from it), else 1.
+    Read from the syntax tree, never by importing the test (that would import SGLang)."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    need = 1
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if not isinstance(call, ast.Call) or getattr(call.func, "id", None) != "register_cuda_ci":
+            continue
+        for kw in call.keywords:
+            if kw.arg == "runner_config" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                m = re.match(r"(\d+)-gpu", kw.value.value)
+                if m:
+                    need = max(need, int(m.group(1)))
+    return need
+
+
+def split_by_gpus(files: list[Path], available: int) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """(files this machine can run, [(file, GPUs it needs)] it cannot)."""
+    run_here: list[Path] = []
+    not_here: list[tuple[Path, int]] = []
+    for f in files:
+        need = gpus_needed(f)
+        if need <= available:
+            run_here.append(f)
+        else:
+            not_here.append((f, need))
+    return run_here, not_here
 
 
 def test_files(layout: Layout, overlay_root: Path = OVERLAY_DIR) -> list[Path]:

@@ -114,7 +114,12 @@ def run_gpu_tests(
             f"Exit code {ec.NO_GPU} means 'applied, untested' (use --no-tests to skip on purpose)"
         )
         return
-    files = gpu_tests.test_files(t.layout, t.overlay_root)
+    files, not_here = gpu_tests.split_by_gpus(gpu_tests.test_files(t.layout, t.overlay_root), gpu.count)
+    skipped = "; ".join(f"{f.name} needs {n} GPUs, {gpu.count} visible" for f, n in not_here)
+    if not files and not_here:
+        report.exit_code = ec.NO_GPU
+        report.message = f"{report.message}; GPU tests NOT run: {skipped}"
+        return
     if not files:
         report.exit_code = ec.TESTS_FAILED
         report.message = f"no registered tests matching {gpu_tests.TEST_GLOB} found"
@@ -128,3 +133,6 @@ def run_gpu_tests(
         report.actions.append(
             f"GPU tests passed on {gpu.detail}: {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
         )
+        if not_here:  # passed is not "all tested": the multi-GPU tests did not run on this machine
+            report.exit_code = ec.NO_GPU
+            report.message = f"{report.message}; GPU tests NOT run: {skipped}"
