@@ -11,7 +11,7 @@ import pytest
 
 from sglang_sage import errors as ec
 from sglang_sage import gpu_tests
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTERED = REPO / "overlay/test/registered/attention"
