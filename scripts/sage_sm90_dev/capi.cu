@@ -31,18 +31,33 @@ int dispatch_pack(const PackParams& p, int d, int nkb, int hkv, cudaStream_t st)
 // KIND 0: int8 Q·Kᵀ-type (A 64 x 32KS int8, B 128 x 32KS int8 K-major) -> int32 64 x 128
 // KIND 1: 16-bit Q·Kᵀ-type (A 64 x 16KS, B 128 x 16KS K-major) -> fp32 64 x 128
 // KIND 2: P·V-type (A 64 x 16KS, B = V 16KS keys x N channels, MN-major) -> fp32 64 x N
+// KIND 3 / 4: as 0 / 1 with A read from shared memory (K-major, the kernel's Q tiles)
 template <int KIND, int KS, int N>
 __global__ void __launch_bounds__(128) test_gemm(const void* A, const void* B, void* Dout, uint32_t swap) {
   extern __shared__ __align__(128) uint8_t sm[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int ra = 16 * warp + g, rb = ra + 8;
-  if (KIND == 0) {
+  uint8_t* sa = sm + 32 * 1024;  // A tile for KIND 3 / 4
+  if (KIND == 3) {
+    const int8_t* a = static_cast<const int8_t*>(A);
+    for (int i = tid; i < 64 * 32 * KS; i += 128) {
+      const int r = i / (32 * KS), byte = i % (32 * KS);
+      sa[kmajor_offset(r, byte, 32 * KS)] = static_cast<uint8_t>(a[i]);
+    }
+  } else if (KIND == 4) {
+    const uint16_t* a = static_cast<const uint16_t*>(A);
+    for (int i = tid; i < 64 * 16 * KS; i += 128) {
+      const int r = i / (16 * KS), kk = i % (16 * KS);
+      *reinterpret_cast<uint16_t*>(sa + kmajor_offset(r, 2 * kk, 32 * KS)) = a[i];
+    }
+  }
+  if (KIND == 0 || KIND == 3) {
     const int8_t* b = static_cast<const int8_t*>(B);
     for (int i = tid; i < 128 * 32 * KS; i += 128) {
       const int n = i / (32 * KS), byte = i % (32 * KS);
       sm[kmajor_offset(n, byte, 32 * KS)] = static_cast<uint8_t>(b[i]);
     }
-  } else if (KIND == 1) {
+  } else if (KIND == 1 || KIND == 4) {
     const uint16_t* b = static_cast<const uint16_t*>(B);
     for (int i = tid; i < 128 * 16 * KS; i += 128) {
       const int n = i / (16 * KS), kk = i % (16 * KS);
@@ -58,6 +73,39 @@ __global__ void __launch_bounds__(128) test_gemm(const void* A, const void* B, v
   fence_proxy_async();
   __syncthreads();
   const uint32_t base = smem_addr(sm);
+  const uint32_t abase = smem_addr(sa);
+  if (KIND == 3 || KIND == 4) {
+    float df[64];
+    uint32_t di[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      df[i] = 0.f;
+      di[i] = 0;
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < KS; ++k) {
+      if (KIND == 3) {
+        wgmma_s8_n128_ss(di, smem_desc(abase + 256 * k, 128, 32 * KS * 8), desc_of(base + 256 * k, 128, 32 * KS * 8, swap & 1),
+                         k > 0);
+      } else {
+        wgmma_bf16_n128_ss(df, smem_desc(abase + 256 * k, 128, 32 * KS * 8),
+                                    desc_of(base + 256 * k, 128, 32 * KS * 8, swap & 2), k > 0);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const int row = (i & 2) ? rb : ra, col = 8 * (i >> 2) + 2 * t + (i & 1);
+      if (KIND == 3) {
+        static_cast<int32_t*>(Dout)[row * 128 + col] = static_cast<int32_t>(di[i]);
+      } else {
+        static_cast<float*>(Dout)[row * 128 + col] = df[i];
+      }
+    }
+    return;
+  }
   if (KIND == 0) {
     const uint8_t* a = static_cast<const uint8_t*>(A);
     uint32_t frag[KS][4];
@@ -142,7 +190,8 @@ int sage_sm90_sizeof_params(int which) {
   return which == 0 ? static_cast<int>(sizeof(AttnParams)) : static_cast<int>(sizeof(PackParams));
 }
 
-// which: 0 s8 KS=2, 1 s8 KS=1, 2 bf16 QK KS=4, 3 bf16 QK KS=2, 4 PV N=128, 5 PV N=64
+// which: 0 s8 KS=2, 1 s8 KS=1, 2 bf16 QK KS=4, 3 bf16 QK KS=2, 4 PV N=128, 5 PV N=64,
+//        6 s8 A-from-smem KS=2, 7 bf16 A-from-smem KS=4
 int sage_sm90_test_gemm(int which, const void* A, const void* B, void* D, uint32_t swap) {
   cudaFuncSetAttribute(test_gemm<0, 2, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   cudaFuncSetAttribute(test_gemm<0, 1, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
@@ -150,6 +199,8 @@ int sage_sm90_test_gemm(int which, const void* A, const void* B, void* D, uint32
   cudaFuncSetAttribute(test_gemm<1, 2, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   cudaFuncSetAttribute(test_gemm<2, 8, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   cudaFuncSetAttribute(test_gemm<2, 8, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  cudaFuncSetAttribute(test_gemm<3, 2, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  cudaFuncSetAttribute(test_gemm<4, 4, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   switch (which) {
     case 0: return run_test<0, 2, 128>(A, B, D, swap);
     case 1: return run_test<0, 1, 128>(A, B, D, swap);
@@ -157,6 +208,8 @@ int sage_sm90_test_gemm(int which, const void* A, const void* B, void* D, uint32
     case 3: return run_test<1, 2, 128>(A, B, D, swap);
     case 4: return run_test<2, 8, 128>(A, B, D, swap);
     case 5: return run_test<2, 8, 64>(A, B, D, swap);
+    case 6: return run_test<3, 2, 128>(A, B, D, swap);
+    case 7: return run_test<4, 4, 128>(A, B, D, swap);
     default: return -1;
   }
 }

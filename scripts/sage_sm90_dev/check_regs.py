@@ -36,6 +36,8 @@ def regions(sass: str) -> dict[str, dict[tuple[str, int], int]]:
             if cur is not None:
                 for r in re.findall(r"\bR(\d+)\b", ln):
                     used[cur] = max(used[cur], int(r) + 1)
+                if re.search(r"\*/\s+EXIT\s*;", ln) and cur[0] == "DEALLOC":
+                    cur = None  # unpredicated exit: the producer ends; code after it belongs to callers
         if used:
             out[name] = used
     return out

@@ -38,16 +38,19 @@ BN = 128
 BM = 128
 
 
-def build(out_dir: Path) -> Path:
-    so = out_dir / "libsage_sm90_dev.so"
+KERNEL_DIRS = {"v2": CSRC, "v1": Path(__file__).with_name("v1")}
+
+
+def build(out_dir: Path, version: str = "v2") -> Path:
+    so = out_dir / f"libsage_sm90_{version}.so"
     cmd = [
         "nvcc", "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared", "-Xcompiler", "-fPIC",
-        "-Xptxas", "-v", "-I", str(CSRC), "-o", str(so), str(Path(__file__).with_name("capi.cu")),
+        "-Xptxas", "-v", "-I", str(KERNEL_DIRS[version]), "-o", str(so), str(Path(__file__).with_name("capi.cu")),
     ]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     log = r.stdout + r.stderr
-    (out_dir / "nvcc.log").write_text(log)
+    (out_dir / f"nvcc_{version}.log").write_text(log)
     regs = [ln.strip() for ln in log.splitlines() if "registers" in ln or "spill" in ln]
     print(f"nvcc rc={r.returncode} in {time.time() - t0:.1f}s")
     for ln in regs:
@@ -58,34 +61,66 @@ def build(out_dir: Path) -> Path:
     return so
 
 
-class AttnParams(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_void_p) for n in (
-        "q", "k_pool", "v_pool", "out", "slot_table", "slot_row_off", "k8", "ks", "qo_indptr", "kv_lens",
-        "kblk_indptr", "qblk_seq", "qblk_start")] + [(n, ctypes.c_int64) for n in (
-            "q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
-            "o_stride_tok", "o_stride_head")] + [
-        ("group", ctypes.c_int32), ("num_k_blocks", ctypes.c_int32), ("sm_scale_log2", ctypes.c_float),
-        ("neox", ctypes.c_int32), ("causal", ctypes.c_int32), ("desc_mode", ctypes.c_uint32)]
+_PTR = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+_TAIL = [("group", _I32), ("num_k_blocks", _I32), ("sm_scale_log2", ctypes.c_float), ("neox", _I32),
+         ("causal", _I32), ("desc_mode", ctypes.c_uint32)]
+
+
+class AttnParams(ctypes.Structure):  # current kernel.cuh
+    _fields_ = [(n, _PTR) for n in ("q", "k_pool", "v_pool", "out", "stages", "qo_indptr", "kv_lens", "kblk_indptr",
+                                     "qblk_seq", "qblk_start")] + [
+        (n, _I64) for n in ("q_stride_tok", "q_stride_head", "o_stride_tok", "o_stride_head")] + _TAIL
 
 
 class PackParams(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_void_p) for n in (
-        "k_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start", "k8", "ks")] + [
-        ("k_stride_tok", ctypes.c_int64), ("k_stride_head", ctypes.c_int64),
-        ("num_k_blocks", ctypes.c_int32), ("neox", ctypes.c_int32)]
+    _fields_ = [(n, _PTR) for n in ("k_pool", "v_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq",
+                                     "kblk_start", "stages")] + [
+        (n, _I64) for n in ("k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head")] + [
+        ("num_k_blocks", _I32), ("neox", _I32)]
+
+
+class V1AttnParams(ctypes.Structure):  # v1/: cp.async gather producer
+    _fields_ = [(n, _PTR) for n in ("q", "k_pool", "v_pool", "out", "slot_table", "slot_row_off", "k8", "ks",
+                                     "qo_indptr", "kv_lens", "kblk_indptr", "qblk_seq", "qblk_start")] + [
+        (n, _I64) for n in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok",
+                            "v_stride_head", "o_stride_tok", "o_stride_head")] + _TAIL
+
+
+class V1PackParams(ctypes.Structure):
+    _fields_ = [(n, _PTR) for n in ("k_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start",
+                                     "k8", "ks")] + [
+        ("k_stride_tok", _I64), ("k_stride_head", _I64), ("num_k_blocks", _I32), ("neox", _I32)]
+
+
+def stage_bytes(d: int) -> int:
+    dh = d // 2
+    return BN * dh * 2 + BN * d * 2 + BN * dh + BN * 4
 
 
 class Sm90:
-    def __init__(self, so: Path):
+    def __init__(self, so: Path, version: str = "v2"):
         self.lib = ctypes.CDLL(str(so))
-        assert self.lib.sage_sm90_sizeof_params(0) == ctypes.sizeof(AttnParams), "AttnParams ABI"
-        assert self.lib.sage_sm90_sizeof_params(1) == ctypes.sizeof(PackParams), "PackParams ABI"
+        self.version = version
+        ap, pp = (AttnParams, PackParams) if version == "v2" else (V1AttnParams, V1PackParams)
+        assert self.lib.sage_sm90_sizeof_params(0) == ctypes.sizeof(ap), "AttnParams ABI"
+        assert self.lib.sage_sm90_sizeof_params(1) == ctypes.sizeof(pp), "PackParams ABI"
         self.desc_mode = 0
 
     def plan(self, q_lens, kv_lens, device, causal=True):
         from sage_attn.plan import build_plan
 
         return build_plan(q_lens, kv_lens, device, BM, BN, causal)
+
+    def scratch(self, plan, hkv, d, device="cuda"):
+        import torch
+
+        nkb = plan.num_k_blocks
+        if self.version == "v2":
+            return (torch.empty((hkv, nkb, stage_bytes(d)), dtype=torch.uint8, device=device),)
+        return (torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=device),
+                torch.empty((hkv, nkb * BN), dtype=torch.float32, device=device))
 
     def forward(self, q, k_pool, v_pool, plan, slot_table, row_off, sm_scale, neox=True, causal=True, out=None,
                 bufs=None):
@@ -95,32 +130,46 @@ class Sm90:
         hq, hkv = q.shape[1], k_pool.shape[1]
         nkb = plan.num_k_blocks
         if bufs is None:
-            bufs = (torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=q.device),
-                    torch.empty((hkv, nkb * BN), dtype=torch.float32, device=q.device))
-        k8, ks = bufs
+            bufs = self.scratch(plan, hkv, d, q.device)
         if out is None:
             out = torch.empty_like(q)
         dt = 0 if q.dtype == torch.bfloat16 else 1
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-        pp = PackParams(k_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(), plan.kv_lens.data_ptr(),
-                        plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(), k8.data_ptr(), ks.data_ptr(),
-                        k_pool.stride(0), k_pool.stride(1), nkb, int(neox))
+        sl2 = sm_scale * 1.4426950408889634
+        common = (plan.qo_indptr.data_ptr(), plan.kv_lens.data_ptr(), plan.kblk_indptr.data_ptr(),
+                  plan.qblk_seq.data_ptr(), plan.qblk_start.data_ptr())
+        tail = (hq // hkv, nkb, sl2, int(neox), int(causal), self.desc_mode)
+        if self.version == "v2":
+            (img,) = bufs
+            pp = PackParams(k_pool.data_ptr(), v_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(),
+                            plan.kv_lens.data_ptr(), plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(),
+                            img.data_ptr(), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
+                            nkb, int(neox))
+            ap = AttnParams(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(), img.data_ptr(),
+                            *common, q.stride(0), q.stride(1), out.stride(0), out.stride(1), *tail)
+        else:
+            k8, ks = bufs
+            pp = V1PackParams(k_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(), plan.kv_lens.data_ptr(),
+                              plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(), k8.data_ptr(), ks.data_ptr(),
+                              k_pool.stride(0), k_pool.stride(1), nkb, int(neox))
+            ap = V1AttnParams(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(),
+                              slot_table.data_ptr(), row_off.data_ptr(), k8.data_ptr(), ks.data_ptr(), *common,
+                              q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0),
+                              v_pool.stride(1), out.stride(0), out.stride(1), *tail)
         rc = self.lib.sage_sm90_pack(ctypes.byref(pp), d, dt, nkb, hkv, stream)
         if rc != 0:
             raise RuntimeError(f"pack launch failed: {rc}")
-        ap = AttnParams(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(), slot_table.data_ptr(),
-                        row_off.data_ptr(), k8.data_ptr(), ks.data_ptr(), plan.qo_indptr.data_ptr(),
-                        plan.kv_lens.data_ptr(), plan.kblk_indptr.data_ptr(), plan.qblk_seq.data_ptr(),
-                        plan.qblk_start.data_ptr(), q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
-                        v_pool.stride(0), v_pool.stride(1), out.stride(0), out.stride(1), hq // hkv, nkb,
-                        sm_scale * 1.4426950408889634, int(neox), int(causal), self.desc_mode)
         rc = self.lib.sage_sm90_attn(ctypes.byref(ap), d, dt, plan.num_q_blocks, hq, stream)
         if rc != 0:
             raise RuntimeError(f"attn launch failed: {rc}")
         return out
 
 
+SUFFIX = ""
+
+
 def record(out_dir: Path, key: str, value) -> None:
+    key = key + SUFFIX
     path = out_dir / "sm90_dev.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[key] = value
@@ -136,11 +185,11 @@ def part_gemm(lib: Sm90, out_dir: Path) -> dict:
     dev = "cuda"
     cases = [  # which, kind, ks, n, swap bit
         (0, "s8", 2, 128, 1), (1, "s8", 1, 128, 1), (2, "qk16", 4, 128, 2), (3, "qk16", 2, 128, 2),
-        (4, "pv", 8, 128, 4), (5, "pv", 8, 64, 4),
+        (4, "pv", 8, 128, 4), (5, "pv", 8, 64, 4), (6, "s8", 2, 128, 1), (7, "qk16", 4, 128, 2),
     ]
     for which, kind, ks, n, bit in cases:
         for swap in (0, bit):
-            name = f"{kind}_ks{ks}_n{n}_swap{int(bool(swap))}"
+            name = f"{kind}_ks{ks}_n{n}{'_asmem' if which >= 6 else ''}_swap{int(bool(swap))}"
             if kind == "s8":
                 a = torch.randint(-127, 128, (64, 32 * ks), dtype=torch.int8, device=dev)
                 b = torch.randint(-127, 128, (128, 32 * ks), dtype=torch.int8, device=dev)
@@ -362,9 +411,7 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
             prob = make_problem(hq, hkv, d, [lq], [p], seed=1)
             sm = 1.0 / math.sqrt(d)
             plan = lib.plan([lq], [L], "cuda")
-            nkb = plan.num_k_blocks
-            bufs = (torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device="cuda"),
-                    torch.empty((hkv, nkb * BN), dtype=torch.float32, device="cuda"))
+            bufs = lib.scratch(plan, hkv, d)
             out = torch.empty_like(prob["q"])
 
             def sm90():
@@ -406,11 +453,26 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
     return res
 
 
+def part_profile(lib: Sm90, out_dir: Path) -> None:
+    """A few launches at L = 16K (32/8 heads, d 128) for Nsight Compute to pick one from."""
+    import torch
+
+    L = 16384
+    prob = make_problem(32, 8, 128, [L], [0], seed=1)
+    plan = lib.plan([L], [L], "cuda")
+    bufs = lib.scratch(plan, 8, 128)
+    out = torch.empty_like(prob["q"])
+    for _ in range(5):
+        lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], plan, prob["slots"], prob["row_off"],
+                    1.0 / math.sqrt(128), out=out, bufs=bufs)
+    torch.cuda.synchronize()
+
+
 def attn_ok(out_dir: Path) -> bool:
     path = out_dir / "sm90_dev.json"
     if not path.exists():
         return False
-    attn = json.loads(path.read_text()).get("attn", {})
+    attn = json.loads(path.read_text()).get("attn_v2", {})
     if not attn:
         return False
     for entry in attn.values():
@@ -423,47 +485,73 @@ def attn_ok(out_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["all", "gemm", "attn", "attn_small", "cut", "bench"])
+    ap.add_argument("part", choices=["all", "gemm", "attn", "attn_small", "cut", "bench", "profile"])
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/sm90_dev"))
     ap.add_argument("--so", default=None)
-    ap.add_argument("--desc-mode", type=int, default=None)
+    ap.add_argument("--desc-mode", type=int, default=0)
+    ap.add_argument("--version", default="v2", choices=sorted(KERNEL_DIRS))
+    ap.add_argument("--versions", default="v2,v1", help="for 'all': kernel versions to build and compare")
+    ap.add_argument("--ncu", action="store_true", help="for 'all': Nsight Compute sections of the first version")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    global SUFFIX
     if args.part == "all":
-        so = build(out_dir)
+        versions = args.versions.split(",")
+        libs = {v: build(out_dir, v) for v in versions}
         summary = {}
         budgets = {"gemm": 60, "attn": 200, "cut": 90, "bench": 240}
-        mode = None
+        mode = 0
         for part in ("gemm", "attn", "cut", "bench"):
-            cmd = [sys.executable, __file__, part, "--out", str(out_dir), "--so", str(so)]
-            if mode is not None:
-                cmd += ["--desc-mode", str(mode)]
-            t0 = time.time()
-            try:
-                r = subprocess.run(cmd, timeout=budgets[part])
-                summary[part] = f"rc={r.returncode} {time.time() - t0:.0f}s"
-            except subprocess.TimeoutExpired:
-                summary[part] = f"TIMEOUT after {budgets[part]}s"
-            if part == "gemm":
-                data = json.loads((out_dir / "sm90_dev.json").read_text()) if (out_dir / "sm90_dev.json").exists() else {}
-                mode, notes = mode_from_gemm(data.get("gemm", {}))
-                record(out_dir, "desc_mode", {"mode": mode, "notes": notes})
-                print("desc_mode", mode, notes)
-            if part == "attn" and not attn_ok(out_dir):
-                san = ["compute-sanitizer", "--tool", "memcheck", sys.executable, __file__, "attn_small",
-                       "--out", str(out_dir), "--so", str(so), "--desc-mode", str(mode)]
+            for v in versions:
+                if part == "gemm" and v != versions[0]:
+                    continue
+                cmd = [sys.executable, __file__, part, "--out", str(out_dir), "--so", str(libs[v]), "--version", v,
+                       "--desc-mode", str(mode)]
+                t0 = time.time()
                 try:
-                    r = subprocess.run(san, timeout=120, capture_output=True, text=True)
-                    (out_dir / "sanitizer.log").write_text(r.stdout + r.stderr)
-                    print("SANITIZER tail:\n" + "\n".join((r.stdout + r.stderr).splitlines()[-25:]))
+                    r = subprocess.run(cmd, timeout=budgets[part])
+                    summary[f"{part}_{v}"] = f"rc={r.returncode} {time.time() - t0:.0f}s"
                 except subprocess.TimeoutExpired:
-                    print("SANITIZER: timeout")
+                    summary[f"{part}_{v}"] = f"TIMEOUT after {budgets[part]}s"
+                if part == "gemm":
+                    path = out_dir / "sm90_dev.json"
+                    data = json.loads(path.read_text()) if path.exists() else {}
+                    mode, notes = mode_from_gemm(data.get(f"gemm_{v}", {}))
+                    record(out_dir, "desc_mode", {"mode": mode, "notes": notes})
+                    print("desc_mode", mode, notes)
+                if part == "attn" and v == "v2" and not attn_ok(out_dir):
+                    san = ["compute-sanitizer", "--tool", "memcheck", sys.executable, __file__, "attn_small",
+                           "--out", str(out_dir), "--so", str(libs[v]), "--version", v, "--desc-mode", str(mode)]
+                    try:
+                        r = subprocess.run(san, timeout=120, capture_output=True, text=True)
+                        (out_dir / "sanitizer.log").write_text(r.stdout + r.stderr)
+                        print("SANITIZER tail:\n" + "\n".join((r.stdout + r.stderr).splitlines()[-25:]))
+                    except subprocess.TimeoutExpired:
+                        print("SANITIZER: timeout")
+        if args.ncu:
+            v = versions[0]
+            ncu = ["ncu", "--clock-control", "none", "--section", "SpeedOfLight", "--section", "WarpStateStats",
+                   "--section", "SchedulerStats", "--section", "ComputeWorkloadAnalysis", "--section",
+                   "LaunchStats", "-k", "regex:sage_attn_sm90", "--launch-skip", "2", "--launch-count", "1",
+                   sys.executable, __file__, "profile", "--out", str(out_dir), "--so", str(libs[v]), "--version", v]
+            try:
+                r = subprocess.run(ncu, timeout=150, capture_output=True, text=True)
+                (out_dir / f"ncu_{v}.txt").write_text(r.stdout + r.stderr)
+                keep = ("Duration", "Throughput", "Issue", "Eligible", "Active Warps", "Stall", "Registers",
+                        "Executed Ipc", "Pipe", "No Eligible", "One or More")
+                print("NCU:\n" + "\n".join(ln for ln in (r.stdout + r.stderr).splitlines() if any(k in ln for k in keep)))
+                summary["ncu"] = f"rc={r.returncode}"
+            except subprocess.TimeoutExpired:
+                summary["ncu"] = "TIMEOUT"
         print("SUMMARY", json.dumps(summary))
         return
-    lib = Sm90(Path(args.so))
-    if args.desc_mode is not None:
-        lib.desc_mode = args.desc_mode
+    SUFFIX = f"_{args.version}"
+    lib = Sm90(Path(args.so), args.version)
+    lib.desc_mode = args.desc_mode
+    if args.part == "profile":
+        part_profile(lib, out_dir)
+        return
     if args.part == "attn_small":
         part_attn(lib, out_dir, small=True)
         return
