@@ -6,7 +6,7 @@
 // split by rotary frequency. The fast-rotating half goes through INT8 x INT8 -> int32 (one scale
 // per query row, one per key; K smoothed by the mean of its sequence's first 64 keys, exact under
 // softmax); the slow-rotating half, which keeps the large near-constant RoPE components, stays in
-// the model's 16-bit type; P·V runs in the model's 16-bit type with fp32 accumulation. Every
+// the model's 16-bit type; P·V runs in fp16 with fp32 accumulation. Every
 // quantity a row depends on is its own or fixed by the first 64 keys of its sequence, so a row's
 // output is bitwise independent of how the batch was cut (radix hits, chunked prefill).
 //
@@ -45,9 +45,26 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 template <typename T>
 struct Elem;
 
+// 8 x fp16 from 8 x T (clamped to the fp16 range; a bf16 value beyond 65504 is never seen in V).
+__device__ __forceinline__ uint32_t clamp_pack_half2(float a, float b) {
+  a = fminf(fmaxf(a, -65504.f), 65504.f);
+  b = fminf(fmaxf(b, -65504.f), 65504.f);
+  __half2 v = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
 template <>
 struct Elem<__nv_bfloat16> {
   __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static uint4 to_fp16x8(uint4 raw) {
+    const __nv_bfloat162* v = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    uint4 r;
+    r.x = clamp_pack_half2(__low2float(v[0]), __high2float(v[0]));
+    r.y = clamp_pack_half2(__low2float(v[1]), __high2float(v[1]));
+    r.z = clamp_pack_half2(__low2float(v[2]), __high2float(v[2]));
+    r.w = clamp_pack_half2(__low2float(v[3]), __high2float(v[3]));
+    return r;
+  }
   __device__ static uint32_t pack(float a, float b) {
     __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -67,6 +84,7 @@ struct Elem<__nv_bfloat16> {
 template <>
 struct Elem<__half> {
   __device__ static float to_float(__half x) { return __half2float(x); }
+  __device__ static uint4 to_fp16x8(uint4 raw) { return raw; }
   __device__ static uint32_t pack(float a, float b) {
     __half2 v = __floats2half2_rn(a, b);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -228,10 +246,13 @@ __global__ void __launch_bounds__(128) sage_pack_kernel(const __grid_constant__ 
     const uint4 raw = valid ? *reinterpret_cast<const uint4*>(krow + slow_channel<D>(8 * c, p.neox)) : zero;
     *reinterpret_cast<uint4*>(img_k16 + kmajor_offset(tid, 16 * c, 2 * DH)) = raw;
   }
+  // V in fp16 whatever the model's type: P·V runs in fp16 (P in [0, 1] keeps 3 more mantissa bits
+  // than bf16) and, unlike bf16, the fp16 MMA was measured to give bitwise the same rows whatever
+  // V holds at masked positions (keys past a chunk's end are zeros here, real values in one shot).
 #pragma unroll
   for (int c = 0; c < D / 8; ++c) {
     const uint4 raw = valid ? *reinterpret_cast<const uint4*>(vrow + 8 * c) : zero;
-    *reinterpret_cast<uint4*>(img_v + v_offset(tid, 8 * c, BN)) = raw;
+    *reinterpret_cast<uint4*>(img_v + v_offset(tid, 8 * c, BN)) = Elem<T>::to_fp16x8(raw);
   }
 
   // fast half of K: minus the anchor mean, INT8 with one scale per key
@@ -387,9 +408,19 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
   const int my_bar = 1 + cw, other_bar = 2 - cw;
   if (cw == 1) named_arrive(1, 256);  // warpgroup 0 goes first
 
+  // Last key any row of this warpgroup sees: blocks after it are released without compute.
+  const int wg_last_key = p.causal ? min(prefix + first_row + 63, kv_len - 1) : kv_len - 1;
+
   for (int j = 0; j < n_blocks; ++j) {
     const int s = j % S;
     mbar_wait(&full[s], (j / S) & 1);
+    if (j * BN > wg_last_key) {  // keep the turn-taking balanced, then hand the stage back
+      named_sync(my_bar, 256);
+      named_arrive(other_bar, 256);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+      continue;
+    }
     uint8_t* st = smem + s * C::STAGE_BYTES;
     const uint32_t a_k16 = smem_addr(st);
     const uint32_t a_v = a_k16 + C::K16_BYTES;
@@ -457,8 +488,13 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
     const float base_a = mx_a == -INFINITY ? 0.f : mx_a * sl2;
     const float base_b = mx_b == -INFINITY ? 0.f : mx_b * sl2;
-    const float alpha_a = fast_exp2(m_a * sl2 - base_a);
-    const float alpha_b = fast_exp2(m_b * sl2 - base_b);
+    // (m - m_new) first: exactly 0 when the max did not move, so alpha is exactly 1 and a block the
+    // row does not see leaves o and l bit for bit unchanged (m·s - m_new·s would be contracted into
+    // an FMA whose rounding residue makes alpha 1 ± 1 ulp: rows then depended on how many masked
+    // blocks their CTA visited, i.e. on where the batch was cut). Every row sees key 0, so m is
+    // finite from block 0 on and -inf - finite gives alpha = 0 on the first block.
+    const float alpha_a = fast_exp2((m_a - mx_a) * sl2);
+    const float alpha_b = fast_exp2((m_b - mx_b) * sl2);
     m_a = mx_a;
     m_b = mx_b;
 
@@ -477,10 +513,10 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
           sum_a += pv[e];
         }
       }
-      pf[k][0] = Elem<T>::pack(pv[0], pv[1]);
-      pf[k][1] = Elem<T>::pack(pv[2], pv[3]);
-      pf[k][2] = Elem<T>::pack(pv[4], pv[5]);
-      pf[k][3] = Elem<T>::pack(pv[6], pv[7]);
+      pf[k][0] = Elem<__half>::pack(pv[0], pv[1]);
+      pf[k][1] = Elem<__half>::pack(pv[2], pv[3]);
+      pf[k][2] = Elem<__half>::pack(pv[4], pv[5]);
+      pf[k][3] = Elem<__half>::pack(pv[6], pv[7]);
     }
     l_a = l_a * alpha_a + sum_a;
     l_b = l_b * alpha_b + sum_b;
@@ -491,7 +527,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < BN / 16; ++k) {
-      Elem<T>::template mma<D, 1>(o, pf[k], desc_of(a_v + 256 * k, 128, BN * 16, swap_v), 1);
+      Elem<__half>::template mma<D, 1>(o, pf[k], desc_of(a_v + 256 * k, 128, BN * 16, swap_v), 1);
     }
     wgmma_commit();
 #pragma unroll
