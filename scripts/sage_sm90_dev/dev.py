@@ -38,10 +38,11 @@ BN = 128
 BM = 128
 
 
-KERNEL_DIRS = {"v2": CSRC, "v1": Path(__file__).with_name("v1")}
+# v3 = the overlay's kernel; v2 = the previous version (kept to compare both in one call)
+KERNEL_DIRS = {"v3": CSRC, "v2": Path(__file__).with_name("v2")}
 
 
-def build(out_dir: Path, version: str = "v2") -> Path:
+def build(out_dir: Path, version: str = "v3") -> Path:
     so = out_dir / f"libsage_sm90_{version}.so"
     cmd = [
         "nvcc", "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared", "-Xcompiler", "-fPIC",
@@ -100,10 +101,10 @@ def stage_bytes(d: int) -> int:
 
 
 class Sm90:
-    def __init__(self, so: Path, version: str = "v2"):
+    def __init__(self, so: Path, version: str = "v3"):
         self.lib = ctypes.CDLL(str(so))
         self.version = version
-        ap, pp = (AttnParams, PackParams) if version == "v2" else (V1AttnParams, V1PackParams)
+        ap, pp = (V1AttnParams, V1PackParams) if version == "v1" else (AttnParams, PackParams)
         assert self.lib.sage_sm90_sizeof_params(0) == ctypes.sizeof(ap), "AttnParams ABI"
         assert self.lib.sage_sm90_sizeof_params(1) == ctypes.sizeof(pp), "PackParams ABI"
         self.desc_mode = 0
@@ -117,7 +118,7 @@ class Sm90:
         import torch
 
         nkb = plan.num_k_blocks
-        if self.version == "v2":
+        if self.version != "v1":
             return (torch.empty((hkv, nkb, stage_bytes(d)), dtype=torch.uint8, device=device),)
         return (torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=device),
                 torch.empty((hkv, nkb * BN), dtype=torch.float32, device=device))
@@ -139,7 +140,7 @@ class Sm90:
         common = (plan.qo_indptr.data_ptr(), plan.kv_lens.data_ptr(), plan.kblk_indptr.data_ptr(),
                   plan.qblk_seq.data_ptr(), plan.qblk_start.data_ptr())
         tail = (hq // hkv, nkb, sl2, int(neox), int(causal), self.desc_mode)
-        if self.version == "v2":
+        if self.version != "v1":
             (img,) = bufs
             pp = PackParams(k_pool.data_ptr(), v_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(),
                             plan.kv_lens.data_ptr(), plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(),
@@ -479,7 +480,7 @@ def attn_ok(out_dir: Path) -> bool:
     path = out_dir / "sm90_dev.json"
     if not path.exists():
         return False
-    attn = json.loads(path.read_text()).get("attn_v2", {})
+    attn = json.loads(path.read_text()).get("attn_v3", {})
     if not attn:
         return False
     for entry in attn.values():
@@ -496,8 +497,8 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/sm90_dev"))
     ap.add_argument("--so", default=None)
     ap.add_argument("--desc-mode", type=int, default=0)
-    ap.add_argument("--version", default="v2", choices=sorted(KERNEL_DIRS))
-    ap.add_argument("--versions", default="v2", help="for 'all': kernel versions to build and compare")
+    ap.add_argument("--version", default="v3", choices=sorted(KERNEL_DIRS))
+    ap.add_argument("--versions", default="v3", help="for 'all': kernel versions to build and compare")
     ap.add_argument("--parts", default="gemm,attn,cut,bench", help="for 'all': which parts")
     ap.add_argument("--ncu", action="store_true", help="for 'all': Nsight Compute sections of the first version")
     args = ap.parse_args()
@@ -528,7 +529,7 @@ def main() -> None:
                     mode, notes = mode_from_gemm(data.get(f"gemm_{v}", {}))
                     record(out_dir, "desc_mode", {"mode": mode, "notes": notes})
                     print("desc_mode", mode, notes)
-                if part == "attn" and v == "v2" and not attn_ok(out_dir):
+                if part == "attn" and v == "v3" and not attn_ok(out_dir):
                     san = ["compute-sanitizer", "--tool", "memcheck", sys.executable, __file__, "attn_small",
                            "--out", str(out_dir), "--so", str(libs[v]), "--version", v, "--desc-mode", str(mode)]
                     try:

@@ -19,10 +19,11 @@
 //  * sage_attn_sm90_kernel: one CTA per 128 query rows of one sequence and q head; warp
 //    specialized: one thread of warpgroup 0 streams stage images with single bulk copies (copy
 //    engine, mbarrier transaction counts) into a ring of shared-memory stages; warpgroups 1 and 2
-//    each own 64 query rows: INT8 and 16-bit Q·Kᵀ wgmma into two accumulators, online softmax in
-//    fp32 (exp2), the 16-bit P·V wgmma with P straight from registers. The two consumer
-//    warpgroups take turns issuing their Q·Kᵀ (named barriers), so one's softmax runs while the
-//    other's MMAs occupy the tensor cores.
+//    each own 64 query rows: INT8 Q·Kᵀ (int32), converted with the row and key scales, then the
+//    16-bit Q·Kᵀ accumulated on top on the tensor cores; online softmax in fp32 (exp2); fp16 P·V
+//    with P straight from registers. Software-pipelined: P·V of block j-1 runs while block j's
+//    scores are converted; the two consumer warpgroups take turns issuing their MMAs (named
+//    barriers), so one's softmax runs while the other's MMAs occupy the tensor cores.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -404,68 +405,65 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
   const int diag_a = p.causal ? prefix + row_a : kv_len;  // last visible key of each row
   const int diag_b = p.causal ? prefix + row_b : kv_len;
 
-  // Ping-pong: the warpgroups take turns issuing Q·Kᵀ (named barrier 1 + cw is "cw may issue").
+  // Last key any row of this warpgroup sees: later blocks are released without compute.
+  const int wg_last_key = p.causal ? min(prefix + first_row + 63, kv_len - 1) : kv_len - 1;
+  const int n_wg = min(n_blocks, wg_last_key / BN + 1);  // >= 1: every row sees key 0
+
+  // Software pipeline inside the warpgroup, turns between the two warpgroups (FA3-style ping-pong).
+  // Turn j of a warpgroup (named barrier 1 + cw = "cw may issue") issues Q·Kᵀ(j) and P·V(j-1):
+  // the INT8 part first, then P·V(j-1) runs on the tensor cores while the int32 scores are
+  // converted, then the 16-bit part accumulates onto them. The turn then passes to the other
+  // warpgroup, and this one runs the softmax of block j while the other's MMAs execute.
   const int my_bar = 1 + cw, other_bar = 2 - cw;
   if (cw == 1) named_arrive(1, 256);  // warpgroup 0 goes first
 
-  // Last key any row of this warpgroup sees: blocks after it are released without compute.
-  const int wg_last_key = p.causal ? min(prefix + first_row + 63, kv_len - 1) : kv_len - 1;
+  uint32_t pf[BN / 16][4];  // P of the previous block as fp16 A fragments
+  float sf[NS];  // scores of the current block (fp32)
+  uint32_t si[NS];  // their INT8 part (int32)
 
-  for (int j = 0; j < n_blocks; ++j) {
-    const int s = j % S;
-    mbar_wait(&full[s], (j / S) & 1);
-    if (j * BN > wg_last_key) {  // keep the turn-taking balanced, then hand the stage back
-      named_sync(my_bar, 256);
-      named_arrive(other_bar, 256);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[s]);
-      continue;
-    }
-    uint8_t* st = smem + s * C::STAGE_BYTES;
-    const uint32_t a_k16 = smem_addr(st);
-    const uint32_t a_v = a_k16 + C::K16_BYTES;
-    const uint32_t a_k8 = a_v + C::V_BYTES;
-    const float* s_ks = reinterpret_cast<const float*>(st + C::K16_BYTES + C::V_BYTES + C::K8_BYTES);
-
-    // S = Q16 · K16ᵀ (fp32) and Q8 · K8ᵀ (int32, exact), issued together
-    float sf[NS];
-    uint32_t si[NS];
-    named_sync(my_bar, 256);
-    wgmma_fence();
-#pragma unroll
-    for (int k = 0; k < DH / 16; ++k) {
-      Elem<T>::mma_ss(sf, smem_desc(a_q16 + 256 * k, 128, 16 * DH), desc_of(a_k16 + 256 * k, 128, 16 * DH, swap_k16),
-                      k > 0);
-    }
+  auto stage_ptr = [&](int j) { return smem + (j % S) * C::STAGE_BYTES; };
+  // Q8 · K8ᵀ(j) -> si (one commit group)
+  auto issue_qk8 = [&](int j) {
+    const uint32_t a_k8 = smem_addr(stage_ptr(j)) + C::K16_BYTES + C::V_BYTES;
 #pragma unroll
     for (int k = 0; k < DH / 32; ++k) {
       wgmma_s8_n128_ss(si, smem_desc(a_q8 + 256 * k, 128, DH * 8), desc_of(a_k8 + 256 * k, 128, DH * 8, swap_k8),
                        k > 0);
     }
     wgmma_commit();
-    named_arrive(other_bar, 256);
+  };
+  // O += P(j) · V(j) (one commit group)
+  auto issue_pv = [&](int j) {
+    const uint32_t a_v = smem_addr(stage_ptr(j)) + C::K16_BYTES;
 #pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      pin(si[i]);
-      pin(sf[i]);
+    for (int k = 0; k < BN / 16; ++k) {
+      Elem<__half>::template mma<D, 1>(o, pf[k], desc_of(a_v + 256 * k, 128, BN * 16, swap_v), 1);
     }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      pin(si[i]);
-      pin(sf[i]);
-    }
-
-    // S += int part x row scale x key scale
+    wgmma_commit();
+  };
+  // int32 x row scale x key scale -> fp32, then += Q16 · K16ᵀ(j) on the tensor cores (one group)
+  auto convert_and_issue_qk16 = [&](int j) {
+    uint8_t* st = stage_ptr(j);
+    const float* s_ks = reinterpret_cast<const float*>(st + C::K16_BYTES + C::V_BYTES + C::K8_BYTES);
 #pragma unroll
     for (int c = 0; c < BN / 8; ++c) {
       const float2 kk = *reinterpret_cast<const float2*>(s_ks + 8 * c + 2 * t);
-      sf[4 * c + 0] = fmaf(int_to_float_small(static_cast<int32_t>(si[4 * c + 0])), kk.x * qs_a, sf[4 * c + 0]);
-      sf[4 * c + 1] = fmaf(int_to_float_small(static_cast<int32_t>(si[4 * c + 1])), kk.y * qs_a, sf[4 * c + 1]);
-      sf[4 * c + 2] = fmaf(int_to_float_small(static_cast<int32_t>(si[4 * c + 2])), kk.x * qs_b, sf[4 * c + 2]);
-      sf[4 * c + 3] = fmaf(int_to_float_small(static_cast<int32_t>(si[4 * c + 3])), kk.y * qs_b, sf[4 * c + 3]);
+      sf[4 * c + 0] = int_to_float_small(static_cast<int32_t>(si[4 * c + 0])) * (kk.x * qs_a);
+      sf[4 * c + 1] = int_to_float_small(static_cast<int32_t>(si[4 * c + 1])) * (kk.y * qs_a);
+      sf[4 * c + 2] = int_to_float_small(static_cast<int32_t>(si[4 * c + 2])) * (kk.x * qs_b);
+      sf[4 * c + 3] = int_to_float_small(static_cast<int32_t>(si[4 * c + 3])) * (kk.y * qs_b);
     }
-
+    wgmma_fence();
+    const uint32_t a_k16 = smem_addr(st);
+#pragma unroll
+    for (int k = 0; k < DH / 16; ++k) {
+      Elem<T>::mma_ss(sf, smem_desc(a_q16 + 256 * k, 128, 16 * DH), desc_of(a_k16 + 256 * k, 128, 16 * DH, swap_k16),
+                      1);
+    }
+    wgmma_commit();
+  };
+  // mask, online softmax of block j -> pf, and the rescale of O
+  auto softmax = [&](int j) {
     if (j >= n_full) {  // causal diagonal / sequence end
 #pragma unroll
       for (int i = 0; i < NS; ++i) {
@@ -474,8 +472,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
         if (key >= kv_len || key > diag) sf[i] = -INFINITY;
       }
     }
-
-    // online softmax (fp32, exp2); row a = accumulators i % 4 < 2, row b = the others
+    // row a = accumulators i % 4 < 2, row b = the others
     float mx_a = m_a, mx_b = m_b;
 #pragma unroll
     for (int i = 0; i < NS; i += 4) {
@@ -488,7 +485,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
     const float base_a = mx_a == -INFINITY ? 0.f : mx_a * sl2;
     const float base_b = mx_b == -INFINITY ? 0.f : mx_b * sl2;
-    // (m - m_new) first: exactly 0 when the max did not move, so alpha is exactly 1 and a block the
+    // (m - m_new) first: exactly 0 when the max did not move, so alpha is exactly 1 and a block a
     // row does not see leaves o and l bit for bit unchanged (m·s - m_new·s would be contracted into
     // an FMA whose rounding residue makes alpha 1 ± 1 ulp: rows then depended on how many masked
     // blocks their CTA visited, i.e. on where the batch was cut). Every row sees key 0, so m is
@@ -497,8 +494,6 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
     const float alpha_b = fast_exp2((m_b - mx_b) * sl2);
     m_a = mx_a;
     m_b = mx_b;
-
-    uint32_t pf[BN / 16][4];
     float sum_a = 0.f, sum_b = 0.f;
 #pragma unroll
     for (int k = 0; k < BN / 16; ++k) {
@@ -520,26 +515,82 @@ __device__ __forceinline__ void consume(const AttnParams& p, uint8_t* smem, uint
     }
     l_a = l_a * alpha_a + sum_a;
     l_b = l_b * alpha_b + sum_b;
+    // Rescale O only when some row's max moved (multiplying by an exact 1 changes nothing).
+    if (__any_sync(0xffffffffu, alpha_a != 1.f || alpha_b != 1.f)) {
 #pragma unroll
-    for (int i = 0; i < NO; ++i) o[i] *= (i & 2) ? alpha_b : alpha_a;
-
-    // O += P · V (V read as the MN-major B operand)
-    wgmma_fence();
-#pragma unroll
-    for (int k = 0; k < BN / 16; ++k) {
-      Elem<__half>::template mma<D, 1>(o, pf[k], desc_of(a_v + 256 * k, 128, BN * 16, swap_v), 1);
+      for (int i = 0; i < NO; ++i) o[i] *= (i & 2) ? alpha_b : alpha_a;
     }
-    wgmma_commit();
+  };
+  auto pin_scores = [&]() {
+#pragma unroll
+    for (int i = 0; i < NS; ++i) pin(sf[i]);
+  };
+  auto pin_int = [&]() {  // orders reads of si after the wait (the asm writes it asynchronously)
+#pragma unroll
+    for (int i = 0; i < NS; ++i) pin(si[i]);
+  };
+  auto pin_out = [&]() {
 #pragma unroll
     for (int i = 0; i < NO; ++i) pin(o[i]);
-    wgmma_wait<0>();
-#pragma unroll
-    for (int i = 0; i < NO; ++i) pin(o[i]);
-
+  };
+  auto release = [&](int j) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done with the stage
+    if (lane == 0) mbar_arrive(&empty[j % S]);  // this warp is done with block j
+  };
+
+  // prologue: turn 0 = Q·Kᵀ(0)
+  mbar_wait(&full[0], 0);
+  named_sync(my_bar, 256);
+  wgmma_fence();
+  issue_qk8(0);
+  pin_int();
+  wgmma_wait<0>();
+  pin_int();
+  convert_and_issue_qk16(0);
+  named_arrive(other_bar, 256);
+  wgmma_wait<0>();
+  pin_scores();
+  softmax(0);
+
+  // steady state: turn j = Q·Kᵀ(j) and P·V(j - 1)
+  for (int j = 1; j < n_wg; ++j) {
+    mbar_wait(&full[j % S], (j / S) & 1);
+    named_sync(my_bar, 256);
+    wgmma_fence();
+    issue_qk8(j);
+    issue_pv(j - 1);
+    pin_out();
+    pin_int();
+    wgmma_wait<1>();  // the INT8 scores; P·V(j - 1) keeps the tensor cores busy meanwhile
+    pin_int();
+    convert_and_issue_qk16(j);
+    named_arrive(other_bar, 256);
+    wgmma_wait<0>();
+    pin_out();
+    pin_scores();
+    release(j - 1);
+    softmax(j);
   }
-  if (cw == 0) named_sync(my_bar, 256);  // the arrival warpgroup 1 made after its last Q·Kᵀ
+
+  // epilogue: the last P·V
+  named_sync(my_bar, 256);
+  wgmma_fence();
+  issue_pv(n_wg - 1);
+  named_arrive(other_bar, 256);
+  wgmma_wait<0>();
+  pin_out();
+  release(n_wg - 1);
+
+  // Blocks no row of this warpgroup sees: keep the turns balanced and hand the stages back.
+  for (int j = n_wg; j < n_blocks; ++j) {
+    const int s = j % S;
+    mbar_wait(&full[s], (j / S) & 1);
+    named_sync(my_bar, 256);
+    named_arrive(other_bar, 256);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+  if (cw == 0) named_sync(my_bar, 256);  // the arrival warpgroup 1 made in its last turn
 
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
