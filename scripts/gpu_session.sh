@@ -10,6 +10,7 @@
 #   bash scripts/gpu_session.sh e2e      # benchmarks/bench_e2e.py (Llama-3.1-8B geometry, dummy weights)
 #   bash scripts/gpu_session.sh profile  # Nsight Compute: sage_attn fwd + pack vs cuDNN SDPA at 32K
 #   bash scripts/gpu_session.sh floor    # scripts/agreement_floor.py: top-1 agreement triton/flashinfer/sage
+#   bash scripts/gpu_session.sh sm90     # site part only: sm90 JIT build, kernel test, engine smoke, 32K e2e
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
@@ -71,6 +72,39 @@ case "$phase" in
     timeout 200 $NCU --set full -k regex:'fmha|sdpa|cudnn|flash' --launch-skip 2 --launch-count 1 \
       python3 scripts/profile_sage_kernel.py cudnn >"$OUT/ncu_cudnn_sdpa.txt" 2>&1; echo "ncu cudnn rc=$?"
     grep -E "^  [a-zA-Z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Executed Ipc A|Block Limit Reg|Stall" "$OUT"/ncu_*.txt | head -80
+    ;;
+  sm90)
+    # One call on a fresh machine, no model: site part only (+ .whl), overlay applied, the sm90 JIT
+    # modules built in parallel, the registered kernel test (sm90 kernel), the engine smoke (dummy
+    # weights) and a 32K e2e prefill of sage_attn vs flashinfer (Llama-3.1-8B geometry).
+    t0=$SECONDS
+    mkdir -p /tmp/site && cat .device/site.part* | xz -dc | tar -x -C /tmp/site || { echo "site extract failed"; exit 1; }
+    PYTHONPATH=/tmp/site python3 .device/smoke.py --env-only >"$OUT/env_only.log" 2>&1 || { echo "env-only failed"; tail -20 "$OUT/env_only.log"; }
+    echo "site ready after $((SECONDS - t0)) s"
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$OUT/apply.json" 2>"$OUT/apply.err"; echo "apply rc=$?"
+    tail -c 600 "$OUT/apply.json"; tail -3 "$OUT/apply.err"
+    for d in 64 128; do for dt in bfloat16 float16; do
+      (timeout 240 python3 -c "import torch; from sglang.kernels.ops.attention import sage_attn_sm90 as m; m._module($d, torch.$dt)" \
+        >"$OUT/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?") &
+    done; done; wait
+    echo "jit built after $((SECONDS - t0)) s"
+    SGLANG_SAGE_TEST_KERNELS=sm90 timeout 240 python3 -m pytest -q -s -p no:cacheprovider \
+      overlay/test/registered/attention/test_sage_attn_kernels.py >"$OUT/kernels_test.log" 2>&1; echo "kernel test rc=$?"
+    grep -E "passed|failed|Error|accuracy target|sm90 prefill_8k|FAIL" "$OUT/kernels_test.log" | tail -12
+    echo "kernel tests done after $((SECONDS - t0)) s"
+    timeout 230 python3 scripts/sm90_engine_smoke.py --out "$OUT/engine_smoke.json" >"$OUT/engine_smoke.log" 2>&1; echo "engine smoke rc=$?"
+    grep -E "^smollm2|^llama|ENGINE SMOKE|Error" "$OUT/engine_smoke.log" | cut -c1-600 | tail -8
+    echo "engine smoke done after $((SECONDS - t0)) s"
+    left=$((560 - (SECONDS - t0)))
+    if [ "$left" -gt 120 ]; then
+      mkdir -p /tmp/llama31_8b_dummy
+      timeout $((left - 10)) python3 benchmarks/bench_e2e.py --backends sage_attn,flashinfer --lengths 32768 --repeats 2 \
+        --decode-tokens 32 --decode-repeats 1 --budget-s $((left - 40)) --hard-limit-s $((left - 20)) --out-dir "$OUT/e2e" \
+        --stem e2e_sm90 >"$OUT/e2e.log" 2>&1; echo "e2e rc=$?"; tail -15 "$OUT/e2e.log"
+    else
+      echo "no time left for e2e ($left s)"
+    fi
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

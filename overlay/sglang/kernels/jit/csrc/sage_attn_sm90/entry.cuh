@@ -8,6 +8,7 @@
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/function.h>  // TVM_FFI_DLL_EXPORT_TYPED_FUNC in the wrappers load_jit appends
 
 #include <cstdint>
 
