@@ -75,33 +75,41 @@ case "$phase" in
     ;;
   sm90)
     # One call on a fresh machine, no model: site part only (+ .whl), overlay applied, the sm90 JIT
-    # modules built in parallel, the registered kernel test (sm90 kernel), the engine smoke (dummy
-    # weights) and a 32K e2e prefill of sage_attn vs flashinfer (Llama-3.1-8B geometry).
+    # modules built in parallel, the kernel benchmark of the dev harness, the registered kernel test
+    # (sm90 kernel), the engine smoke (dummy weights) and, time permitting, a 32K e2e prefill of
+    # sage_attn vs flashinfer (Llama-3.1-8B geometry). Logs go to $W; at most 8 files come back, so
+    # the results are copied to $OUT and everything else is packed into one archive at the end.
     t0=$SECONDS
+    W=/tmp/sm90run; mkdir -p "$W"
+    finish() { tar czf "$OUT/sm90_logs.tgz" -C "$W" . 2>/dev/null
+      for f in engine_smoke.json kernels_test.log dev/sm90_dev.json e2e/e2e_sm90.json e2e/e2e_sm90.md apply.json; do
+        [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(echo "$f" | tr / _)"; done; }
+    trap finish EXIT
     mkdir -p /tmp/site && cat .device/site.part* | xz -dc | tar -x -C /tmp/site || { echo "site extract failed"; exit 1; }
-    PYTHONPATH=/tmp/site python3 .device/smoke.py --env-only >"$OUT/env_only.log" 2>&1 || { echo "env-only failed"; tail -20 "$OUT/env_only.log"; }
+    PYTHONPATH=/tmp/site python3 .device/smoke.py --env-only >"$W/env_only.log" 2>&1 || { echo "env-only failed"; tail -20 "$W/env_only.log"; }
     echo "site ready after $((SECONDS - t0)) s"
     env_setup
-    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$OUT/apply.json" 2>"$OUT/apply.err"; echo "apply rc=$?"
-    tail -c 600 "$OUT/apply.json"; tail -3 "$OUT/apply.err"
+    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$W/apply.json" 2>"$W/apply.err"; echo "apply rc=$?"
+    tail -c 400 "$W/apply.json"; tail -3 "$W/apply.err"
     for d in 64 128; do for dt in bfloat16 float16; do
       (timeout 240 python3 -c "import torch; from sglang.kernels.ops.attention import sage_attn_sm90 as m; m._module($d, torch.$dt)" \
-        >"$OUT/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?") &
+        >"$W/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?"; tail -3 "$W/jit_${d}_${dt}.log") &
     done; done; wait
     echo "jit built after $((SECONDS - t0)) s"
+    timeout 90 python3 scripts/sage_sm90_dev/dev.py all --versions v3 --parts bench --out "$W/dev" >"$W/dev_bench.log" 2>&1
+    echo "dev bench rc=$?"; grep -E "^L[0-9]" "$W/dev_bench.log" | cut -c1-260
     SGLANG_SAGE_TEST_KERNELS=sm90 timeout 240 python3 -m pytest -q -s -p no:cacheprovider \
-      overlay/test/registered/attention/test_sage_attn_kernels.py >"$OUT/kernels_test.log" 2>&1; echo "kernel test rc=$?"
-    grep -E "passed|failed|Error|accuracy target|sm90 prefill_8k|FAIL" "$OUT/kernels_test.log" | tail -12
+      overlay/test/registered/attention/test_sage_attn_kernels.py >"$W/kernels_test.log" 2>&1; echo "kernel test rc=$?"
+    grep -E "passed|failed|Error|accuracy target|FAIL" "$W/kernels_test.log" | tail -12
     echo "kernel tests done after $((SECONDS - t0)) s"
-    timeout 230 python3 scripts/sm90_engine_smoke.py --out "$OUT/engine_smoke.json" >"$OUT/engine_smoke.log" 2>&1; echo "engine smoke rc=$?"
-    grep -E "^smollm2|^llama|ENGINE SMOKE|Error" "$OUT/engine_smoke.log" | cut -c1-600 | tail -8
+    timeout 230 python3 scripts/sm90_engine_smoke.py --out "$W/engine_smoke.json" >"$W/engine_smoke.log" 2>&1; echo "engine smoke rc=$?"
+    grep -E "^smollm2|^llama|ENGINE SMOKE|Error" "$W/engine_smoke.log" | cut -c1-700 | tail -8
     echo "engine smoke done after $((SECONDS - t0)) s"
     left=$((560 - (SECONDS - t0)))
-    if [ "$left" -gt 120 ]; then
-      mkdir -p /tmp/llama31_8b_dummy
+    if [ "$left" -gt 150 ]; then
       timeout $((left - 10)) python3 benchmarks/bench_e2e.py --backends sage_attn,flashinfer --lengths 32768 --repeats 2 \
-        --decode-tokens 32 --decode-repeats 1 --budget-s $((left - 40)) --hard-limit-s $((left - 20)) --out-dir "$OUT/e2e" \
-        --stem e2e_sm90 >"$OUT/e2e.log" 2>&1; echo "e2e rc=$?"; tail -15 "$OUT/e2e.log"
+        --decode-tokens 32 --decode-repeats 1 --budget-s $((left - 40)) --hard-limit-s $((left - 20)) --out-dir "$W/e2e" \
+        --stem e2e_sm90 >"$W/e2e.log" 2>&1; echo "e2e rc=$?"; tail -15 "$W/e2e.log"
     else
       echo "no time left for e2e ($left s)"
     fi

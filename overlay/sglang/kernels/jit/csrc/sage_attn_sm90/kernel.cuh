@@ -628,9 +628,11 @@ __global__ void __launch_bounds__(kThreads, 1) sage_attn_sm90_kernel(const __gri
   }
   __syncthreads();
 
-  const int b = p.qblk_seq[blockIdx.x];
-  const int m0 = p.qblk_start[blockIdx.x];
-  const int h = blockIdx.y;
+  // q head fastest: CTAs start heaviest query block first across all heads (the plan's order),
+  // and the q heads of one kv head run side by side on the same stage images (L2 reuse).
+  const int h = blockIdx.x;
+  const int b = p.qblk_seq[blockIdx.y];
+  const int m0 = p.qblk_start[blockIdx.y];
   const int q_first = p.qo_indptr[b];
   const int q_len = p.qo_indptr[b + 1] - q_first;
   const int kv_len = p.kv_lens[b];
@@ -659,10 +661,11 @@ template <int D, typename T>
 inline cudaError_t launch_attn(const AttnParams& p, int num_q_blocks, int num_q_heads, cudaStream_t stream) {
   using C = Cfg<D, T>;
   if (num_q_blocks == 0) return cudaSuccess;
+  if (num_q_blocks > 65535) return cudaErrorInvalidConfiguration;  // grid.y: 8M new tokens per batch
   auto kernel = sage_attn_sm90_kernel<C>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(num_q_blocks, num_q_heads), kThreads, C::SMEM_BYTES, stream>>>(p);
+  kernel<<<dim3(num_q_heads, num_q_blocks), kThreads, C::SMEM_BYTES, stream>>>(p);
   return cudaGetLastError();
 }
 
