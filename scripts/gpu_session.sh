@@ -25,6 +25,7 @@
 #   bash scripts/gpu_session.sh e2e_tp   # bench_e2e.py --tp 2 (2 GPUs): sage_attn + flashinfer, 4K/32K -> h200x2/, ~4 min
 #   bash scripts/gpu_session.sh tp_test  # registered 2-GPU test test_sage_attn_tp.py, ~4-6 min;
 #                                        # SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run (~2-3 min)
+#   bash scripts/gpu_session.sh sm90     # site part only: sm90 JIT build, kernel test, engine smoke, 32K e2e
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
@@ -128,6 +129,47 @@ case "$phase" in
     env_setup
     timeout 560 python3 scripts/plugin_gpu_check.py --out "$OUT" --budget-s 520 2>&1 | tee "$OUT/plugin.log" | grep -v Warning | tail -40
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('verdict:', d['verdict']); [print(k, v.get('ok'), v.get('criteria', v.get('error', ''))) for k, v in d['steps'].items()]" "$OUT/plugin_evidence.json"
+    ;;
+  sm90)
+    # One call on a fresh machine, no model: site part only (+ .whl), overlay applied, the sm90 JIT
+    # modules built in parallel, the kernel benchmark of the dev harness, the registered kernel test
+    # (sm90 kernel), the engine smoke (dummy weights) and, time permitting, a 32K e2e prefill of
+    # sage_attn vs flashinfer (Llama-3.1-8B geometry). Logs go to $W; at most 8 files come back, so
+    # the results are copied to $OUT and everything else is packed into one archive at the end.
+    t0=$SECONDS
+    W=/tmp/sm90run; mkdir -p "$W"
+    finish() { tar czf "$OUT/sm90_logs.tgz" -C "$W" . 2>/dev/null
+      for f in engine_smoke.json kernels_test.log dev/sm90_dev.json e2e/e2e_sm90.json e2e/e2e_sm90.md apply.json; do
+        [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(echo "$f" | tr / _)"; done; }
+    trap finish EXIT
+    mkdir -p /tmp/site && cat .device/site.part* | xz -dc | tar -x -C /tmp/site || { echo "site extract failed"; exit 1; }
+    PYTHONPATH=/tmp/site python3 .device/smoke.py --env-only >"$W/env_only.log" 2>&1 || { echo "env-only failed"; tail -20 "$W/env_only.log"; }
+    echo "site ready after $((SECONDS - t0)) s"
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$W/apply.json" 2>"$W/apply.err"; echo "apply rc=$?"
+    tail -c 400 "$W/apply.json"; tail -3 "$W/apply.err"
+    for d in 64 128; do for dt in bfloat16 float16; do
+      (timeout 240 python3 -c "import torch; from sglang.kernels.ops.attention import sage_attn_sm90 as m; m._module($d, torch.$dt)" \
+        >"$W/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?"; tail -3 "$W/jit_${d}_${dt}.log") &
+    done; done; wait
+    echo "jit built after $((SECONDS - t0)) s"
+    timeout 90 python3 scripts/sage_sm90_dev/dev.py all --versions v3 --parts bench --out "$W/dev" >"$W/dev_bench.log" 2>&1
+    echo "dev bench rc=$?"; grep -E "^L[0-9]" "$W/dev_bench.log" | cut -c1-260
+    SGLANG_SAGE_TEST_KERNELS=sm90 timeout 240 python3 -m pytest -q -s -p no:cacheprovider \
+      overlay/test/registered/attention/test_sage_attn_kernels.py >"$W/kernels_test.log" 2>&1; echo "kernel test rc=$?"
+    grep -E "passed|failed|Error|accuracy target|FAIL" "$W/kernels_test.log" | tail -12
+    echo "kernel tests done after $((SECONDS - t0)) s"
+    timeout 230 python3 scripts/sm90_engine_smoke.py --out "$W/engine_smoke.json" >"$W/engine_smoke.log" 2>&1; echo "engine smoke rc=$?"
+    grep -E "^smollm2|^llama|ENGINE SMOKE|Error" "$W/engine_smoke.log" | cut -c1-700 | tail -8
+    echo "engine smoke done after $((SECONDS - t0)) s"
+    left=$((560 - (SECONDS - t0)))
+    if [ "$left" -gt 150 ]; then
+      timeout $((left - 10)) python3 benchmarks/bench_e2e.py --backends sage_attn,flashinfer --lengths 32768 --repeats 2 \
+        --decode-tokens 32 --decode-repeats 1 --budget-s $((left - 40)) --hard-limit-s $((left - 20)) --out-dir "$W/e2e" \
+        --stem e2e_sm90 >"$W/e2e.log" 2>&1; echo "e2e rc=$?"; tail -15 "$W/e2e.log"
+    else
+      echo "no time left for e2e ($left s)"
+    fi
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

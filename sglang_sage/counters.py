@@ -46,6 +46,7 @@ def read_counters_detail(stats_dir: str | Path) -> dict[str, Any]:
     counters = dict.fromkeys(COUNTER_NAMES, 0)
     pids: list[int] = []
     decode_backends: set[str] = set()
+    prefill_kernels: set[str] = set()
     unreadable: list[str] = []
     for path in sorted(root.glob(FILE_GLOB)) if root.is_dir() else []:
         data = _load(path)
@@ -59,11 +60,14 @@ def read_counters_detail(stats_dir: str | Path) -> dict[str, Any]:
             pids.append(data["pid"])
         if data.get("decode_backend"):
             decode_backends.add(str(data["decode_backend"]))
+        if data.get("prefill_kernel"):
+            prefill_kernels.add(str(data["prefill_kernel"]))
     return {
         "counters": counters,
         "processes": len(pids),
         "pids": pids,
         "decode_backends": sorted(decode_backends),
+        "prefill_kernels": sorted(prefill_kernels),
         "unreadable": unreadable,
     }
 

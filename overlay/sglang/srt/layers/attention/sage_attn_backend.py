@@ -1,12 +1,15 @@
 """``sage_attn``: 8-bit SageAttention for SGLang's prefill and extend, over the paged KV cache.
 
-* Prefill, extend with a cached prefix (radix hit), chunked prefill and mixed batches run the
-  8-bit Triton kernels of ``sage_attn.kernels``: Q·Kᵀ over the fast-rotating half of each head in
-  INT8 (K smoothed by the mean of its sequence's first keys), over the slow-rotating half in fp16;
-  P·V in fp16; causal mask aligned to the end of each sequence. A row's result does not depend on
-  how the batch was cut (radix hits and chunked prefill give the same output as one shot). K and V
-  are read from the KV pool in place through ``req_to_token``; only SGLang's ``set_kv_buffer``
-  writes the pool.
+* Prefill, extend with a cached prefix (radix hit), chunked prefill and mixed batches run 8-bit
+  kernels: Q·Kᵀ over the fast-rotating half of each head in INT8 (K smoothed by the mean of its
+  sequence's first keys), over the slow-rotating half in 16-bit; P·V in fp16; causal mask aligned
+  to the end of each sequence. On Hopper (sm_90) the warp-specialized wgmma kernel built by SGLang's
+  JIT framework runs (``sglang.kernels.ops.attention.sage_attn_sm90``); elsewhere the Triton
+  kernels of ``sage_attn.kernels`` (the reference of the scheme). The choice is made at start,
+  logged and published with the counters (``SGLANG_SAGE_KERNEL=triton|sm90`` forces one). A row's
+  result does not depend on how the batch was cut (radix hits and chunked prefill give the same
+  output as one shot). K and V are read from the KV pool through ``req_to_token``; only SGLang's
+  ``set_kv_buffer`` writes the pool.
 * Decode is memory-bound (one query per sequence), where 8-bit QK buys nothing: it is delegated to
   an existing decode backend, flashinfer by default (``SGLANG_SAGE_DECODE_BACKEND=triton`` to
   change), including its CUDA-graph capture and replay. When SGLang's hybrid mode already gives
@@ -28,6 +31,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.layers.attention.sage_attn.kernels import (
     kernel_config,
     sage_extend_attention_planned,
+    select_kernel,
 )
 from sglang.srt.layers.attention.sage_attn.plan import SagePlan, build_plan
 from sglang.srt.layers.attention.sage_attn.stats import SageStats
@@ -54,6 +58,8 @@ class SageForwardMetadata:
     plan: SagePlan
     # int64 [B]: offset of each request's row in the flattened req_to_token table
     slot_row_off: torch.Tensor
+    # sm90 kernel: the batch's stage-image scratch, packed once per layer and read by every query block
+    stages: Optional[torch.Tensor]
     # counter names for this batch's path
     batch_counter: str
     layer_counter: str
@@ -115,7 +121,19 @@ class SageAttnBackend(AttentionBackend):
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.head_dim = model_runner.model_config.head_dim
-        self.tile = kernel_config(self.head_dim)
+        # kv heads of this rank, as the pool holds them (the stage images are per kv head)
+        self.num_kv_heads = int(self.token_to_kv_pool.head_num)
+        dtype = model_runner.model_config.dtype
+        try:
+            self.kernel, kernel_desc = select_kernel(self.device, self.head_dim, dtype)
+        except ValueError as exc:
+            raise SageAttnUnsupported(str(exc)) from exc
+        self.tile = kernel_config(self.head_dim, self.kernel)
+        self._stages: Optional[torch.Tensor] = None
+        if self.kernel == "sm90":
+            from sglang.kernels.ops.attention import sage_attn_sm90
+
+            sage_attn_sm90._module(self.head_dim, dtype)  # build (or load) now, not in the first request
         self.rope_neox, rope_desc = _rope_layout(model_runner)
         self.forward_metadata: Optional[SageForwardMetadata] = None
         self._checked_layers: set[int] = set()
@@ -137,13 +155,15 @@ class SageAttnBackend(AttentionBackend):
         else:
             decode_desc = f"{decode_name} (SGLang hybrid mode)"
         self.decode_backend_name = decode_name
-        self.stats = SageStats(decode_name, tp_rank=_tp_rank())
+        self.stats = SageStats(decode_name, tp_rank=_tp_rank(), prefill_kernel=self.kernel)
         self.stats.publish()
         logger.info(
-            "sage_attn: prefill/extend = 8-bit Triton kernels (Q·Kᵀ: INT8 on the fast-rotating half, fp16 on "
-            "the slow half, %s; fp16 P·V; tiles %s); decode = %s",
+            "sage_attn: prefill/extend = %s (Q·Kᵀ: INT8 on the fast-rotating half, 16-bit on the slow half, %s; "
+            "fp16 P·V; tiles %sx%s); decode = %s",
+            kernel_desc,
             rope_desc,
-            self.tile,
+            self.tile.block_m,
+            self.tile.block_n,
             decode_desc,
         )
 
@@ -174,7 +194,19 @@ class SageAttnBackend(AttentionBackend):
         slot_row_off = forward_batch.req_pool_indices.to(torch.int64) * self.req_to_token.stride(0)
         with_prefix = any(p > 0 for p in prefix_lens)
         kind = "extend_prefix_8bit" if with_prefix else "prefill_8bit"
-        return SageForwardMetadata(plan, slot_row_off, f"{kind}_batches", f"{kind}_layer_calls")
+        stages = self._stage_buffer(plan) if self.kernel == "sm90" else None
+        return SageForwardMetadata(plan, slot_row_off, stages, f"{kind}_batches", f"{kind}_layer_calls")
+
+    def _stage_buffer(self, plan: SagePlan) -> torch.Tensor:
+        """The sm90 kernel's scratch for this batch: one buffer owned by the backend, grown when a
+        batch needs more (never per layer call), viewed at this batch's size."""
+        from sglang.kernels.ops.attention.sage_attn_sm90 import stage_bytes
+
+        need = self.num_kv_heads * plan.num_k_blocks * stage_bytes(self.head_dim)
+        if self._stages is None or self._stages.numel() < need:
+            self._stages = None  # free the old one first
+            self._stages = torch.empty(need, dtype=torch.uint8, device=self.device)
+        return self._stages[:need].view(self.num_kv_heads, plan.num_k_blocks, -1)
 
     # CUDA graphs are captured for decode only, so these belong to the decode backend.
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
@@ -249,6 +281,8 @@ class SageAttnBackend(AttentionBackend):
             causal=True,
             out=o.view(-1, hq, layer.v_head_dim),
             rope_neox=self.rope_neox,
+            kernel=self.kernel,
+            stages=md.stages,
         )
         self.stats.add(md.layer_counter)
         return o

@@ -29,6 +29,11 @@ Per layer, three launches:
 
 The KV pool is only read: scratch buffers hold the packed copy, so nothing here writes into
 SGLang's cache. Imports only torch and triton (runs under ``TRITON_INTERPRET=1`` on CPU tensors).
+
+These Triton kernels are the executable reference of the scheme and the path on GPUs other than
+Hopper. On sm_90 the same scheme runs as a warp-specialized wgmma kernel built by SGLang's JIT
+framework (``sglang.kernels.ops.attention.sage_attn_sm90``): pass ``kernel="sm90"`` (the backend
+picks it at start, see ``select_kernel``).
 """
 
 from __future__ import annotations
@@ -74,10 +79,46 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def kernel_config(head_dim: int) -> KernelConfig:
+KERNELS = ("triton", "sm90")
+SM90_CONFIG = KernelConfig(block_m=128, block_n=128, num_warps=12, num_stages=3)  # tiles of the sm90 kernel
+KERNEL_ENV = "SGLANG_SAGE_KERNEL"
+
+
+def kernel_config(head_dim: int, kernel: str = "triton") -> KernelConfig:
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"sage_attn supports head_dim {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+    if kernel == "sm90":
+        return SM90_CONFIG
+    if kernel != "triton":
+        raise ValueError(f"unknown sage_attn kernel {kernel!r}; choose one of {KERNELS}")
     return _INTERPRET_CONFIG if interpreting() else _CONFIGS[head_dim]
+
+
+def select_kernel(device, head_dim: int, dtype: torch.dtype, requested: str | None = None) -> tuple[str, str]:
+    """The kernel to run and why: ``sm90`` on Hopper when it supports the problem, else ``triton``.
+
+    ``requested`` (default: ``$SGLANG_SAGE_KERNEL``) forces one: ``sm90`` where it cannot run is an
+    error naming the reason, never a silent switch to Triton.
+    """
+    import os
+
+    if requested is None:
+        requested = os.environ.get(KERNEL_ENV) or "auto"
+    if requested not in ("auto", *KERNELS):
+        raise ValueError(f"{KERNEL_ENV}={requested!r}: choose one of auto, {', '.join(KERNELS)}")
+    if requested == "triton":
+        return "triton", f"Triton kernels ({KERNEL_ENV}=triton)"
+    try:
+        from sglang.kernels.ops.attention import sage_attn_sm90
+
+        ok, why = sage_attn_sm90.is_supported(device, head_dim, dtype)
+    except ImportError as exc:  # no SGLang JIT framework (e.g. the CPU interpreter tests)
+        ok, why = False, f"sglang.kernels.ops.attention.sage_attn_sm90 not importable ({exc})"
+    if ok:
+        return "sm90", "sm_90 wgmma kernel (SGLang JIT)"
+    if requested == "sm90":
+        raise ValueError(f"{KERNEL_ENV}=sm90 but the sm90 kernel cannot run here: {why}")
+    return "triton", f"Triton kernels ({why})"
 
 
 @triton.jit
@@ -341,6 +382,8 @@ def sage_extend_attention_planned(
     causal: bool = True,
     out: torch.Tensor | None = None,
     rope_neox: bool = True,
+    kernel: str = "triton",
+    stages: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """8-bit extend attention with a prebuilt plan (the backend's per-layer entry point).
 
@@ -349,9 +392,19 @@ def sage_extend_attention_planned(
     ``kv_indices`` array (row offsets ``kv_indptr[:-1]``). ``rope_neox`` names the rotary layout
     (NeoX pairs j, j + D/2; else GPT-J pairs 2j, 2j + 1): it picks which channels go to INT8. The
     result is exact attention up to rounding either way; the layout only moves the error.
+    ``kernel="sm90"`` runs the Hopper kernel (``stages``: its per-batch scratch, or None).
     """
     check_inputs(q, k_buffer, v_buffer)
-    cfg = kernel_config(q.shape[-1])
+    if kernel == "sm90":
+        from sglang.kernels.ops.attention import sage_attn_sm90
+
+        if slot_table.dtype != torch.int32:
+            slot_table = slot_table.to(torch.int32)
+        return sage_attn_sm90.forward(
+            q, k_buffer, v_buffer, plan, slot_table, slot_row_off.to(torch.int64), sm_scale, causal, out,
+            rope_neox, stages,
+        )
+    cfg = kernel_config(q.shape[-1], kernel)
     if (cfg.block_m, cfg.block_n) != (plan.block_m, plan.block_n):
         raise ValueError("plan was built for other tile sizes than the kernel config")
     hq, d = q.shape[1], q.shape[2]
@@ -401,6 +454,7 @@ def sage_extend_attention(
     causal: bool = True,
     out: torch.Tensor | None = None,
     rope_neox: bool = True,
+    kernel: str = "triton",
 ) -> torch.Tensor:
     """Stand-alone entry point (benchmarks, drift checks): builds the plan from the indptrs.
 
@@ -418,11 +472,11 @@ def sage_extend_attention(
         raise ValueError(f"kv_indptr[-1]={int(kv[-1])} exceeds kv_indices ({kv_indices.numel()} entries)")
     q_lens = (qo[1:] - qo[:-1]).numpy()
     kv_lens = (kv[1:] - kv[:-1]).numpy()
-    cfg = kernel_config(q.shape[-1])
+    cfg = kernel_config(q.shape[-1], kernel)
     plan = build_plan(q_lens, kv_lens, q.device, cfg.block_m, cfg.block_n, causal)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     row_off = kv_indptr[:-1].to(torch.int64)
     return sage_extend_attention_planned(
-        q, k_buffer, v_buffer, plan, kv_indices, row_off, sm_scale, causal, out, rope_neox
+        q, k_buffer, v_buffer, plan, kv_indices, row_off, sm_scale, causal, out, rope_neox, kernel
     )

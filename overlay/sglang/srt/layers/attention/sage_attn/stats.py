@@ -30,8 +30,9 @@ PUBLISH_INTERVAL_S = 0.5
 class SageStats:
     """Counters of one backend instance (one per scheduler process / TP rank)."""
 
-    def __init__(self, decode_backend: str, tp_rank: int = 0) -> None:
+    def __init__(self, decode_backend: str, tp_rank: int = 0, prefill_kernel: str = "triton") -> None:
         self.decode_backend = decode_backend
+        self.prefill_kernel = prefill_kernel  # "sm90" or "triton": which 8-bit kernel the counters count
         self.tp_rank = tp_rank
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         stats_dir = os.environ.get(STATS_DIR_ENV)
@@ -59,6 +60,7 @@ class SageStats:
             "pid": os.getpid(),
             "tp_rank": self.tp_rank,
             "decode_backend": self.decode_backend,
+            "prefill_kernel": self.prefill_kernel,
             "counters": self.counters,
         }
         tmp = self._path.with_suffix(".tmp")
