@@ -54,8 +54,9 @@ def probe(python: str) -> GpuProbe:
 
 
 def gpus_needed(path: Path) -> int:
-    """GPUs a registered test file asks for: the ``N`` of ``runner_config="N-gpu..."`` in its
-    top-level ``register_cuda_ci(...)`` call (SGLang's CI picks the runner from it), else 1.
+    """GPUs a registered test file asks for: the ``N`` of ``runner_config="N-gpu..."`` (or of a
+    ``suite="...-N-gpu"``, SGLang 0.5.8's form) in its top-level ``register_cuda_ci(...)`` call
+    (SGLang's CI picks the runner from it), else 1.
     Read from the syntax tree, never by importing the test (that would import SGLang)."""
     try:
         tree = ast.parse(Path(path).read_text())
@@ -67,8 +68,11 @@ def gpus_needed(path: Path) -> int:
         if not isinstance(call, ast.Call) or getattr(call.func, "id", None) != "register_cuda_ci":
             continue
         for kw in call.keywords:
-            if kw.arg == "runner_config" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
-                m = re.match(r"(\d+)-gpu", kw.value.value)
+            # runner_config="2-gpu-large" (0.5.17+); suite="stage-b-test-large-2-gpu" (0.5.8's registration)
+            if kw.arg in ("runner_config", "suite") and isinstance(kw.value, ast.Constant) and isinstance(
+                kw.value.value, str
+            ):
+                m = re.search(r"(\d+)-gpu", kw.value.value)
                 if m:
                     need = max(need, int(m.group(1)))
     return need

@@ -29,7 +29,9 @@ from sglang.test.ci.ci_register import register_cuda_ci
 
 try:
     from sglang.test.test_utils import CustomTestCase
-except ImportError:  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
+except (
+    ImportError
+):  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
     CustomTestCase = unittest.TestCase
 
 register_cuda_ci(est_time=400, stage="base-b", runner_config="1-gpu-small")
@@ -69,7 +71,18 @@ def _real_text() -> str:
     import typing
     import unittest as unittest_mod
 
-    mods = [argparse, collections, functools, json_mod, logging, pathlib, subprocess, threading, typing, unittest_mod]
+    mods = [
+        argparse,
+        collections,
+        functools,
+        json_mod,
+        logging,
+        pathlib,
+        subprocess,
+        threading,
+        typing,
+        unittest_mod,
+    ]
     parts = []
     for m in mods:
         parts.append(inspect.getdoc(m) or "")
@@ -88,7 +101,9 @@ def teacher_top1(engine, ids: list) -> list:
         logprob_start_len=0,
         top_logprobs_num=1,
     )[0]
-    return [None if r is None else r[0][1] for r in out["meta_info"]["input_top_logprobs"]]
+    return [
+        None if r is None else r[0][1] for r in out["meta_info"]["input_top_logprobs"]
+    ]
 
 
 def _read_stats() -> dict:
@@ -113,7 +128,9 @@ def run_workload(name: str, **engine_kw) -> dict:
     if name in _RESULTS:
         return _RESULTS[name]
     if not os.path.isdir(MODEL):
-        raise FileNotFoundError(f"SGLANG_SAGE_TEST_MODEL={MODEL!r} is not a model directory")
+        raise FileNotFoundError(
+            f"SGLANG_SAGE_TEST_MODEL={MODEL!r} is not a model directory"
+        )
     _clear_stats()
     kw = dict(
         model_path=MODEL,
@@ -159,9 +176,15 @@ class TestSageAttnEngine(CustomTestCase):
         st = res["stats"]
         print("sage counters:", st)
         self.assertGreater(st["prefill_8bit_layer_calls"], 0)
-        self.assertGreater(st["extend_prefix_8bit_layer_calls"], 0, "no radix hit reached the 8-bit path")
+        self.assertGreater(
+            st["extend_prefix_8bit_layer_calls"],
+            0,
+            "no radix hit reached the 8-bit path",
+        )
         self.assertGreater(st["decode_batches"], 0)
-        self.assertGreater(st["cuda_graph_decode_replays"], 0, "decode never replayed a CUDA graph")
+        self.assertGreater(
+            st["cuda_graph_decode_replays"], 0, "decode never replayed a CUDA graph"
+        )
 
     def test_teacher_forced_agreement_within_the_floor(self):
         sage = run_workload("sage", attention_backend="sage_attn")["teacher_top1"]
@@ -182,13 +205,20 @@ class TestSageAttnEngine(CustomTestCase):
 
     def test_cuda_graph_on_off_same_output(self):
         on = run_workload("sage", attention_backend="sage_attn")["greedy"]
-        off = run_workload("sage_nograph", attention_backend="sage_attn", disable_cuda_graph=True)["greedy"]
+        off = run_workload(
+            "sage_nograph", attention_backend="sage_attn", disable_cuda_graph=True
+        )["greedy"]
         self.assertEqual(on, off)
 
     def test_chunked_prefill_same_output(self):
-        one_shot = run_workload("sage_nograph", attention_backend="sage_attn", disable_cuda_graph=True)
+        one_shot = run_workload(
+            "sage_nograph", attention_backend="sage_attn", disable_cuda_graph=True
+        )
         chunked = run_workload(
-            "sage_chunked", attention_backend="sage_attn", disable_cuda_graph=True, chunked_prefill_size=64
+            "sage_chunked",
+            attention_backend="sage_attn",
+            disable_cuda_graph=True,
+            chunked_prefill_size=64,
         )
         self.assertEqual(one_shot["greedy"], chunked["greedy"])
         self.assertEqual(one_shot["radix"], chunked["radix"])
@@ -196,12 +226,18 @@ class TestSageAttnEngine(CustomTestCase):
 
     def test_hybrid_prefill_half(self):
         res = run_workload(
-            "hybrid", prefill_attention_backend="sage_attn", decode_attention_backend="flashinfer"
+            "hybrid",
+            prefill_attention_backend="sage_attn",
+            decode_attention_backend="flashinfer",
         )
         st = res["stats"]
         self.assertGreater(st["prefill_8bit_layer_calls"], 0)
-        self.assertEqual(st["decode_batches"], 0, "decode should belong to flashinfer in hybrid mode")
-        self.assertEqual(res["greedy"], run_workload("sage", attention_backend="sage_attn")["greedy"])
+        self.assertEqual(
+            st["decode_batches"], 0, "decode should belong to flashinfer in hybrid mode"
+        )
+        self.assertEqual(
+            res["greedy"], run_workload("sage", attention_backend="sage_attn")["greedy"]
+        )
 
     def test_refuses_unsupported_settings(self):
         """An fp8 KV cache is refused at start, naming the setting. In a child process: a failed
@@ -212,7 +248,9 @@ class TestSageAttnEngine(CustomTestCase):
             " grammar_backend='none', mem_fraction_static=0.3, kv_cache_dtype='fp8_e4m3',"
             " disable_cuda_graph=True, log_level='error')\n" % MODEL
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+        )
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("sage_attn cannot serve this model", proc.stdout + proc.stderr)
         self.assertIn("KV cache dtype", proc.stdout + proc.stderr)

@@ -23,7 +23,9 @@ from sglang.test.ci.ci_register import register_cuda_ci
 
 try:
     from sglang.test.test_utils import CustomTestCase
-except ImportError:  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
+except (
+    ImportError
+):  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
     CustomTestCase = unittest.TestCase
 
 register_cuda_ci(est_time=60, stage="base-b", runner_config="1-gpu-small")
@@ -33,7 +35,9 @@ MAX_REL_L1 = 0.015
 # Hopper runs both kernels; other GPUs the Triton reference only. SGLANG_SAGE_TEST_KERNELS=sm90
 # narrows a run to one of them (never to a kernel this GPU lacks: that fails in the test).
 _ON_HOPPER = torch.cuda.get_device_capability() == (9, 0)
-KERNELS = os.environ.get("SGLANG_SAGE_TEST_KERNELS", "triton,sm90" if _ON_HOPPER else "triton").split(",")
+KERNELS = os.environ.get(
+    "SGLANG_SAGE_TEST_KERNELS", "triton,sm90" if _ON_HOPPER else "triton"
+).split(",")
 
 # (new tokens per request, cached prefix per request)
 BATCHES = {
@@ -53,10 +57,14 @@ def _case(q_lens, prefixes, hq, hkv, d, dtype, seed=0):
     kv_lens = [a + b for a, b in zip(q_lens, prefixes)]
     pool = sum(kv_lens) + 97
     # a per-channel offset on K, as real keys have: exactly what smoothing must cancel
-    kb = torch.randn(pool, hkv, d, device="cuda", generator=g) + 4 * torch.randn(1, hkv, d, device="cuda", generator=g)
+    kb = torch.randn(pool, hkv, d, device="cuda", generator=g) + 4 * torch.randn(
+        1, hkv, d, device="cuda", generator=g
+    )
     vb = torch.randn(pool, hkv, d, device="cuda", generator=g)
     kb, vb = kb.to(dtype), vb.to(dtype)
-    slots = torch.randperm(pool, device="cuda", generator=g)[: sum(kv_lens)].to(torch.int64)
+    slots = torch.randperm(pool, device="cuda", generator=g)[: sum(kv_lens)].to(
+        torch.int64
+    )
     q = torch.randn(sum(q_lens), hq, d, device="cuda", generator=g).to(dtype)
     qo = torch.tensor([0] + list(q_lens), device="cuda").cumsum(0).to(torch.int32)
     kvp = torch.tensor([0] + kv_lens, device="cuda").cumsum(0).to(torch.int32)
@@ -69,11 +77,17 @@ class TestSageAttnKernels(CustomTestCase):
         q, kb, vb, qo, kvp, slots = _case(q_lens, prefixes, hq, hkv, d, dtype)
         kb0, vb0 = kb.clone(), vb.clone()
         out = torch.full_like(q, float("nan"))  # poison: every row must be written
-        sage_extend_attention(q, kb, vb, qo, kvp, slots, sm_scale=1 / math.sqrt(d), out=out, kernel=kernel)
+        sage_extend_attention(
+            q, kb, vb, qo, kvp, slots, sm_scale=1 / math.sqrt(d), out=out, kernel=kernel
+        )
         torch.cuda.synchronize()
         self.assertFalse(torch.isnan(out).any().item(), "unwritten or NaN output rows")
-        self.assertTrue(torch.equal(kb, kb0) and torch.equal(vb, vb0), "the KV pool was modified")
-        ref = reference_extend_attention(q, kb, vb, qo, kvp, slots, sm_scale=1 / math.sqrt(d))
+        self.assertTrue(
+            torch.equal(kb, kb0) and torch.equal(vb, vb0), "the KV pool was modified"
+        )
+        ref = reference_extend_attention(
+            q, kb, vb, qo, kvp, slots, sm_scale=1 / math.sqrt(d)
+        )
         acc = accuracy(out, ref)
         msg = f"{kernel} {name} hq={hq} hkv={hkv} d={d} {dtype}: {acc}"
         print(msg)
@@ -85,7 +99,9 @@ class TestSageAttnKernels(CustomTestCase):
             for name in BATCHES:
                 for hq, hkv in HEADS:
                     for d in (64, 128):
-                        with self.subTest(kernel=kernel, batch=name, hq=hq, hkv=hkv, d=d):
+                        with self.subTest(
+                            kernel=kernel, batch=name, hq=hq, hkv=hkv, d=d
+                        ):
                             self._check(name, hq, hkv, d, kernel=kernel)
 
     def test_fp16(self):
@@ -96,12 +112,15 @@ class TestSageAttnKernels(CustomTestCase):
 
     def test_sm90_accuracy_target(self):
         """Issue-11 kernel accuracy: random inputs with a per-channel K offset of 2 sigma, L = 4096:
-        relative L1 <= 2 % and cosine >= 0.9995 vs fp32 (SageAttention2's sm90 kernel: 3.8 %)."""
+        relative L1 <= 2 % and cosine >= 0.9995 vs fp32 (SageAttention2's sm90 kernel: 3.8 %).
+        """
         for kernel in KERNELS:
             g = torch.Generator(device="cuda").manual_seed(11)
             L, hq, hkv, d = 4096, 32, 8, 128
             kb = torch.randn(L, hkv, d, device="cuda", generator=g)
-            kb = (kb + 2 * torch.randn(1, hkv, d, device="cuda", generator=g)).bfloat16()
+            kb = (
+                kb + 2 * torch.randn(1, hkv, d, device="cuda", generator=g)
+            ).bfloat16()
             vb = torch.randn(L, hkv, d, device="cuda", generator=g).bfloat16()
             q = torch.randn(L, hq, d, device="cuda", generator=g).bfloat16()
             qo = torch.tensor([0, L], device="cuda", dtype=torch.int32)
@@ -127,7 +146,8 @@ class TestSageAttnKernels(CustomTestCase):
 
     def test_rows_do_not_depend_on_the_batch_cut(self):
         """Bitwise: one-shot prefill == radix repeat (last token extended) == chunked prefill == extend
-        after an arbitrary cached prefix, for every row computed with >= ANCHOR keys visible."""
+        after an arbitrary cached prefix, for every row computed with >= ANCHOR keys visible.
+        """
         L = 3001
         cases = {
             "radix_repeat": [L - 1],
@@ -137,16 +157,25 @@ class TestSageAttnKernels(CustomTestCase):
             "prefix_130_then_2500": [130, 2500],
         }
         for kernel in KERNELS:
-            for d, dtype in ((64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float16)):
+            for d, dtype in (
+                (64, torch.bfloat16),
+                (128, torch.bfloat16),
+                (128, torch.float16),
+            ):
                 q, kb, vb, _, _, slots = _case([L], [0], 9, 3, d, dtype)
                 one_shot = self._run_cuts(q, kb, vb, slots, [], kernel)
                 again = self._run_cuts(q, kb, vb, slots, [], kernel)
-                self.assertTrue(torch.equal(one_shot, again), f"{kernel} d={d}: not deterministic")
+                self.assertTrue(
+                    torch.equal(one_shot, again), f"{kernel} d={d}: not deterministic"
+                )
                 for name, cuts in cases.items():
                     with self.subTest(kernel=kernel, d=d, dtype=dtype, cuts=name):
                         cut = self._run_cuts(q, kb, vb, slots, cuts, kernel)
                         diff = (one_shot.float() - cut.float()).abs().max().item()
-                        self.assertTrue(torch.equal(one_shot, cut), f"{kernel} {name} d={d} {dtype}: max |diff| {diff}")
+                        self.assertTrue(
+                            torch.equal(one_shot, cut),
+                            f"{kernel} {name} d={d} {dtype}: max |diff| {diff}",
+                        )
 
     @staticmethod
     def _run_cuts(q, kb, vb, slots, cuts, kernel):
@@ -155,7 +184,9 @@ class TestSageAttnKernels(CustomTestCase):
         for a, b in zip(bounds[:-1], bounds[1:]):
             qo = torch.tensor([0, b - a], device="cuda", dtype=torch.int32)
             kvp = torch.tensor([0, b], device="cuda", dtype=torch.int32)
-            outs.append(sage_extend_attention(q[a:b], kb, vb, qo, kvp, slots[:b], kernel=kernel))
+            outs.append(
+                sage_extend_attention(q[a:b], kb, vb, qo, kvp, slots[:b], kernel=kernel)
+            )
         return torch.cat(outs)
 
 

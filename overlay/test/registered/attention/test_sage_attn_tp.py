@@ -32,17 +32,25 @@ from sglang.test.ci.ci_register import register_cuda_ci
 
 try:
     from sglang.test.test_utils import CustomTestCase
-except ImportError:  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
+except (
+    ImportError
+):  # test_utils pulls benchmark-only deps (e.g. `datasets`) a serving install lacks
     CustomTestCase = unittest.TestCase
 
 register_cuda_ci(est_time=600, stage="base-b", runner_config="2-gpu-large")
 
 TP_SIZE = int(os.environ.get("SGLANG_SAGE_TP_SIZE", "2"))
 SEED = 20261201
-CHUNK = 256  # chunked_prefill_size: every prompt longer than this is prefilled in chunks
+CHUNK = (
+    256  # chunked_prefill_size: every prompt longer than this is prefilled in chunks
+)
 NEW_TOKENS = 24
 # NVLink multicast off for NCCL, torch symmetric memory and NVSHMEM (the GPU machines' notes)
-for _k, _v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+for _k, _v in (
+    ("NCCL_NVLS_ENABLE", "0"),
+    ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+    ("NVSHMEM_DISABLE_NVLS", "1"),
+):
     os.environ[_k] = _v
 
 CONFIG = {
@@ -105,7 +113,11 @@ def write_safetensors(path: Path, tensors: list) -> None:
         if t.dtype != torch.bfloat16:
             raise ValueError(f"{name}: only bfloat16 is written, got {t.dtype}")
         raw = t.contiguous().view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         offset += len(raw)
         blobs.append(raw)
     header["__metadata__"] = {"format": "pt"}
@@ -120,13 +132,18 @@ def write_safetensors(path: Path, tensors: list) -> None:
 
 def make_checkpoint(path: Path, cfg: dict = CONFIG, seed: int = SEED) -> Path:
     """Random Llama checkpoint (CPU generator: the same bytes on every machine), reused when a
-    previous run left the same one (config and seed recorded in ``sglang_sage_tp.json``)."""
+    previous run left the same one (config and seed recorded in ``sglang_sage_tp.json``).
+    """
     import torch
 
     path = Path(path)
     stamp = {"config": cfg, "seed": seed, "weight_std": WEIGHT_STD}
     marker = path / "sglang_sage_tp.json"
-    if marker.is_file() and json.loads(marker.read_text()) == stamp and (path / "model.safetensors").is_file():
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text()) == stamp
+        and (path / "model.safetensors").is_file()
+    ):
         return path
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=str(path.parent)))
     g = torch.Generator().manual_seed(seed)
@@ -153,9 +170,12 @@ def make_checkpoint(path: Path, cfg: dict = CONFIG, seed: int = SEED) -> Path:
 def workload(vocab: int, seed: int = SEED) -> list:
     """(name, input_ids) in the order they are sent, one at a time. 12 random prompts of mixed
     lengths (half longer than CHUNK: chunked prefill), then a shared-prefix family: A, B sharing A's
-    first 675 tokens (radix hit on a partial prefix), A again (hit on all but its last token)."""
+    first 675 tokens (radix hit on a partial prefix), A again (hit on all but its last token).
+    """
     rng = random.Random(seed)
-    ids = lambda n: [rng.randrange(3, vocab) for _ in range(n)]  # noqa: E731 - 0..2 are special ids
+    ids = lambda n: [
+        rng.randrange(3, vocab) for _ in range(n)
+    ]  # noqa: E731 - 0..2 are special ids
     lengths = [17, 64, 200, 255, 257, 300, 511, 700, 900, 1200, 1500, 2000]
     out = [(f"p{i}_{n}", ids(n)) for i, n in enumerate(lengths)]
     shared = ids(900)
@@ -198,7 +218,12 @@ _RUNS: dict = {}
 
 def model_dir() -> str:
     if "path" not in _MODEL:
-        root = Path(os.environ.get("SGLANG_SAGE_TP_MODEL_DIR", Path(tempfile.gettempdir()) / "sglang_sage_tp_llama"))
+        root = Path(
+            os.environ.get(
+                "SGLANG_SAGE_TP_MODEL_DIR",
+                Path(tempfile.gettempdir()) / "sglang_sage_tp_llama",
+            )
+        )
         root.parent.mkdir(parents=True, exist_ok=True)
         _MODEL["path"] = str(make_checkpoint(root))
     return _MODEL["path"]
@@ -209,8 +234,9 @@ def run_engine(backend: str, tp: int) -> dict:
     key = (backend, tp)
     if key in _RUNS:
         return _RUNS[key]
-    import sglang
     import torch
+
+    import sglang
 
     visible = torch.cuda.device_count()
     if visible < tp:
@@ -219,7 +245,9 @@ def run_engine(backend: str, tp: int) -> dict:
             "set SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run)"
         )
     stats_dir = tempfile.mkdtemp(prefix=f"sage_tp_stats_{backend}_{tp}_")
-    os.environ["SGLANG_SAGE_STATS_DIR"] = stats_dir  # inherited by every scheduler process
+    os.environ["SGLANG_SAGE_STATS_DIR"] = (
+        stats_dir  # inherited by every scheduler process
+    )
     engine = sglang.Engine(
         model_path=model_dir(),
         tp_size=tp,
@@ -242,7 +270,11 @@ def run_engine(backend: str, tp: int) -> dict:
             out = engine.generate(input_ids=ids, sampling_params=params)
             outputs[name] = list(out["output_ids"])
             cached[name] = out["meta_info"].get("cached_tokens")
-        res = {"outputs": outputs, "cached": cached, "ranks": read_rank_stats(stats_dir)}
+        res = {
+            "outputs": outputs,
+            "cached": cached,
+            "ranks": read_rank_stats(stats_dir),
+        }
     finally:
         engine.shutdown()
         os.environ.pop("SGLANG_SAGE_STATS_DIR", None)
@@ -264,31 +296,59 @@ class TestSageAttnTensorParallel(CustomTestCase):
         rows = lambda r: [r["outputs"][n] for n in names]  # noqa: E731
         sage_eq = equal_rows(rows(s1), rows(sn))
         fi_eq = equal_rows(rows(f1), rows(fn))
-        print(f"tp 1 vs tp {TP_SIZE}, identical greedy outputs of {len(names)} prompts: "
-              f"sage_attn {sum(sage_eq)}, flashinfer {sum(fi_eq)}")
-        print("first differing token per prompt (sage_attn):", dict(zip(names, common_prefix(rows(s1), rows(sn)))))
-        print("first differing token per prompt (flashinfer):", dict(zip(names, common_prefix(rows(f1), rows(fn)))))
-        print("sage_attn vs flashinfer at tp 1, identical:", sum(equal_rows(rows(s1), rows(f1))))
+        print(
+            f"tp 1 vs tp {TP_SIZE}, identical greedy outputs of {len(names)} prompts: "
+            f"sage_attn {sum(sage_eq)}, flashinfer {sum(fi_eq)}"
+        )
+        print(
+            "first differing token per prompt (sage_attn):",
+            dict(zip(names, common_prefix(rows(s1), rows(sn)))),
+        )
+        print(
+            "first differing token per prompt (flashinfer):",
+            dict(zip(names, common_prefix(rows(f1), rows(fn)))),
+        )
+        print(
+            "sage_attn vs flashinfer at tp 1, identical:",
+            sum(equal_rows(rows(s1), rows(f1))),
+        )
         print("cached tokens (sage_attn tp %d):" % TP_SIZE, sn["cached"])
         # the comparison only means something if the model's outputs depend on the prompt
-        self.assertGreaterEqual(len({tuple(x) for x in rows(f1)}), len(names) // 2, "degenerate model outputs")
-        self.assertGreater(sn["cached"]["radix_B"], 600, "no radix hit on the shared prefix")
+        self.assertGreaterEqual(
+            len({tuple(x) for x in rows(f1)}),
+            len(names) // 2,
+            "degenerate model outputs",
+        )
+        self.assertGreater(
+            sn["cached"]["radix_B"], 600, "no radix hit on the shared prefix"
+        )
         self.assertGreaterEqual(sum(sage_eq), sum(fi_eq))
 
     def test_every_rank_ran_the_8bit_kernels(self):
         _, sn = pair("sage_attn")
         ranks = sn["ranks"]
         print(f"sage_attn counters per TP rank (tp {TP_SIZE}):", ranks)
-        self.assertEqual(sorted(ranks), list(range(TP_SIZE)), "one counter file per TP rank expected")
+        self.assertEqual(
+            sorted(ranks), list(range(TP_SIZE)), "one counter file per TP rank expected"
+        )
         for rank, c in ranks.items():
-            self.assertGreater(c.get("prefill_8bit_layer_calls", 0), 0, f"rank {rank}: no 8-bit prefill")
-            self.assertGreater(c.get("extend_prefix_8bit_layer_calls", 0), 0,
-                               f"rank {rank}: no 8-bit extend with a prefix (radix hit / chunked prefill)")
+            self.assertGreater(
+                c.get("prefill_8bit_layer_calls", 0),
+                0,
+                f"rank {rank}: no 8-bit prefill",
+            )
+            self.assertGreater(
+                c.get("extend_prefix_8bit_layer_calls", 0),
+                0,
+                f"rank {rank}: no 8-bit extend with a prefix (radix hit / chunked prefill)",
+            )
 
     def test_radix_hit_gives_the_cold_output_under_tp(self):
         _, sn = pair("sage_attn")
         self.assertEqual(sn["outputs"]["radix_A"], sn["outputs"]["radix_A_again"])
-        self.assertGreater(sn["cached"]["radix_A_again"], 900, "the repeat did not hit the radix cache")
+        self.assertGreater(
+            sn["cached"]["radix_A_again"], 900, "the repeat did not hit the radix cache"
+        )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,14 @@ BLOCK_N = 128
 SUPPORTED_HEAD_DIMS = (64, 128)
 _CPP_TYPES = {torch.bfloat16: "__nv_bfloat16", torch.float16: "__half"}
 # Found from this file, so the same sources serve an installed overlay and the plugin route.
-CSRC_DIR = pathlib.Path(__file__).resolve().parents[2] / "jit" / "csrc" / "sage_attn_sm90"
+CSRC_DIR = (
+    pathlib.Path(__file__).resolve().parents[2] / "jit" / "csrc" / "sage_attn_sm90"
+)
 
 
-def is_supported(device: torch.device | str, head_dim: int, dtype: torch.dtype) -> tuple[bool, str]:
+def is_supported(
+    device: torch.device | str, head_dim: int, dtype: torch.dtype
+) -> tuple[bool, str]:
     """Whether this kernel can run the problem on ``device``, and if not, why (for the start-up log)."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
@@ -75,7 +79,9 @@ def _module(head_dim: int, dtype: torch.dtype) -> Module:
     )
 
 
-def precompile(head_dims=SUPPORTED_HEAD_DIMS, dtypes=(torch.bfloat16, torch.float16)) -> list[str]:
+def precompile(
+    head_dims=SUPPORTED_HEAD_DIMS, dtypes=(torch.bfloat16, torch.float16)
+) -> list[str]:
     """Build (or load from the JIT cache) every module; returns the names built."""
     built = []
     for d in head_dims:
@@ -95,7 +101,9 @@ def new_stage_buffer(
     )
 
 
-def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, plan: SagePlan) -> None:
+def _check(
+    q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, plan: SagePlan
+) -> None:
     if (plan.block_m, plan.block_n) != (BLOCK_M, BLOCK_N):
         raise ValueError(
             f"the sm90 kernel needs a {BLOCK_M}x{BLOCK_N} plan, got {plan.block_m}x{plan.block_n}"
@@ -106,10 +114,14 @@ def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, plan: Sa
         )
     d = q.shape[-1]
     if d not in SUPPORTED_HEAD_DIMS or k_pool.shape[-1] != d or v_pool.shape[-1] != d:
-        raise ValueError(f"sm90 sage_attn supports head_dim {SUPPORTED_HEAD_DIMS} for q, k and v, got {d}")
+        raise ValueError(
+            f"sm90 sage_attn supports head_dim {SUPPORTED_HEAD_DIMS} for q, k and v, got {d}"
+        )
     for name, t in (("q", q), ("k_pool", k_pool), ("v_pool", v_pool)):
         if t.stride(-1) != 1 or t.stride(-2) % 8 != 0 or t.stride(0) % 8 != 0:
-            raise ValueError(f"{name} must be contiguous in head_dim with 16-byte aligned rows")
+            raise ValueError(
+                f"{name} must be contiguous in head_dim with 16-byte aligned rows"
+            )
 
 
 def forward(
@@ -139,7 +151,10 @@ def forward(
         raise ValueError("slot_table must be int32 and slot_row_off int64")
     if stages is None:
         stages = new_stage_buffer(plan, hkv, d, q.device)
-    elif stages.dtype != torch.uint8 or stages.numel() < hkv * plan.num_k_blocks * stage_bytes(d):
+    elif (
+        stages.dtype != torch.uint8
+        or stages.numel() < hkv * plan.num_k_blocks * stage_bytes(d)
+    ):
         raise ValueError("stages is too small for this plan")
     if out is None:
         out = torch.empty_like(q)

@@ -75,7 +75,8 @@ def _default_decode_backend() -> str:
 
 def _resolved_decode_backend(model_runner: ModelRunner) -> str:
     """The decode backend SGLang resolved (version-neutral: 0.5.23 stamps it on the runner before
-    building backends and dropped ServerArgs.get_attention_backends; 0.5.8/0.5.17 have the method)."""
+    building backends and dropped ServerArgs.get_attention_backends; 0.5.8/0.5.17 have the method).
+    """
     name = getattr(model_runner, "decode_attention_backend_str", None)
     if name:
         return name
@@ -84,7 +85,8 @@ def _resolved_decode_backend(model_runner: ModelRunner) -> str:
 
 def _rope_layout(model_runner: ModelRunner) -> tuple[bool, str]:
     """The model's rotary layout (NeoX or GPT-J pairs): it decides which channels rotate slowly and
-    stay 16-bit. Any layout gives exact attention up to rounding; a wrong guess only costs accuracy."""
+    stay 16-bit. Any layout gives exact attention up to rounding; a wrong guess only costs accuracy.
+    """
     model = getattr(model_runner, "model", None)
     styles = set()
     partial = False
@@ -93,7 +95,10 @@ def _rope_layout(model_runner: ModelRunner) -> tuple[bool, str]:
             style = getattr(mod, "is_neox_style", None)
             if isinstance(style, bool):
                 styles.add(style)
-                partial |= getattr(mod, "rotary_dim", None) not in (None, getattr(mod, "head_size", None))
+                partial |= getattr(mod, "rotary_dim", None) not in (
+                    None,
+                    getattr(mod, "head_size", None),
+                )
     if len(styles) != 1:
         found = "no rotary embedding" if not styles else "mixed rotary layouts"
         return True, f"{found} found: NeoX channel split"
@@ -133,7 +138,9 @@ class SageAttnBackend(AttentionBackend):
         if self.kernel == "sm90":
             from sglang.kernels.ops.attention import sage_attn_sm90
 
-            sage_attn_sm90._module(self.head_dim, dtype)  # build (or load) now, not in the first request
+            sage_attn_sm90._module(
+                self.head_dim, dtype
+            )  # build (or load) now, not in the first request
         self.rope_neox, rope_desc = _rope_layout(model_runner)
         self.forward_metadata: Optional[SageForwardMetadata] = None
         self._checked_layers: set[int] = set()
@@ -141,10 +148,16 @@ class SageAttnBackend(AttentionBackend):
         decode_name = _resolved_decode_backend(model_runner)
         self.decode_backend: Optional[AttentionBackend] = None
         if decode_name == BACKEND_NAME:
-            decode_name = os.environ.get(DECODE_BACKEND_ENV) or _default_decode_backend()
+            decode_name = (
+                os.environ.get(DECODE_BACKEND_ENV) or _default_decode_backend()
+            )
             if decode_name == BACKEND_NAME:
-                raise SageAttnUnsupported(f"{DECODE_BACKEND_ENV} must name another backend, not {BACKEND_NAME}")
-            from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+                raise SageAttnUnsupported(
+                    f"{DECODE_BACKEND_ENV} must name another backend, not {BACKEND_NAME}"
+                )
+            from sglang.srt.layers.attention.attention_registry import (
+                ATTENTION_BACKENDS,
+            )
 
             if decode_name not in ATTENTION_BACKENDS:
                 raise SageAttnUnsupported(
@@ -155,7 +168,9 @@ class SageAttnBackend(AttentionBackend):
         else:
             decode_desc = f"{decode_name} (SGLang hybrid mode)"
         self.decode_backend_name = decode_name
-        self.stats = SageStats(decode_name, tp_rank=_tp_rank(), prefill_kernel=self.kernel)
+        self.stats = SageStats(
+            decode_name, tp_rank=_tp_rank(), prefill_kernel=self.kernel
+        )
         self.stats.publish()
         logger.info(
             "sage_attn: prefill/extend = %s (Q·Kᵀ: INT8 on the fast-rotating half, 16-bit on the slow half, %s; "
@@ -176,7 +191,9 @@ class SageAttnBackend(AttentionBackend):
                 self.stats.batch_done("decode_batches")
             return
         if not mode.is_extend() or mode.is_target_verify():
-            raise SageAttnUnsupported(f"sage_attn does not support forward mode {mode.name}")
+            raise SageAttnUnsupported(
+                f"sage_attn does not support forward mode {mode.name}"
+            )
         self.forward_metadata = self._plan_extend(forward_batch)
         self.stats.batch_done(self.forward_metadata.batch_counter)
 
@@ -190,12 +207,18 @@ class SageAttnBackend(AttentionBackend):
         q_lens = [int(x) for x in q_lens]
         prefix_lens = [int(x) for x in prefix_lens]
         kv_lens = [a + b for a, b in zip(q_lens, prefix_lens)]
-        plan = build_plan(q_lens, kv_lens, self.device, self.tile.block_m, self.tile.block_n)
-        slot_row_off = forward_batch.req_pool_indices.to(torch.int64) * self.req_to_token.stride(0)
+        plan = build_plan(
+            q_lens, kv_lens, self.device, self.tile.block_m, self.tile.block_n
+        )
+        slot_row_off = forward_batch.req_pool_indices.to(
+            torch.int64
+        ) * self.req_to_token.stride(0)
         with_prefix = any(p > 0 for p in prefix_lens)
         kind = "extend_prefix_8bit" if with_prefix else "prefill_8bit"
         stages = self._stage_buffer(plan) if self.kernel == "sm90" else None
-        return SageForwardMetadata(plan, slot_row_off, stages, f"{kind}_batches", f"{kind}_layer_calls")
+        return SageForwardMetadata(
+            plan, slot_row_off, stages, f"{kind}_batches", f"{kind}_layer_calls"
+        )
 
     def _stage_buffer(self, plan: SagePlan) -> torch.Tensor:
         """The sm90 kernel's scratch for this batch: one buffer owned by the backend, grown when a
@@ -212,8 +235,12 @@ class SageAttnBackend(AttentionBackend):
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         self._decode().init_cuda_graph_state(max_bs, max_num_tokens)
 
-    def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False):
-        self._decode().init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+    def init_forward_metadata_out_graph(
+        self, forward_batch: ForwardBatch, in_capture: bool = False
+    ):
+        self._decode().init_forward_metadata_out_graph(
+            forward_batch, in_capture=in_capture
+        )
         if not in_capture and forward_batch.forward_mode.is_decode():
             self.stats.add("cuda_graph_decode_replays")
             self.stats.batch_done("decode_batches")
@@ -235,7 +262,9 @@ class SageAttnBackend(AttentionBackend):
     # ---- forward --------------------------------------------------------------------------
     def _check_layer(self, layer: RadixAttention, kwargs: dict) -> None:
         if kwargs.get("sinks") is not None or kwargs.get("score_mod") is not None:
-            raise SageAttnUnsupported("attention sinks / score_mod are not supported by sage_attn")
+            raise SageAttnUnsupported(
+                "attention sinks / score_mod are not supported by sage_attn"
+            )
         if layer.layer_id in self._checked_layers:
             return
         problems = []
@@ -248,9 +277,13 @@ class SageAttnBackend(AttentionBackend):
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             problems.append(f"sliding window {layer.sliding_window_size}")
         if layer.qk_head_dim != layer.v_head_dim:
-            problems.append(f"qk_head_dim {layer.qk_head_dim} != v_head_dim {layer.v_head_dim}")
+            problems.append(
+                f"qk_head_dim {layer.qk_head_dim} != v_head_dim {layer.v_head_dim}"
+            )
         if problems:
-            raise SageAttnUnsupported(f"layer {layer.layer_id}: {', '.join(problems)} not supported by sage_attn")
+            raise SageAttnUnsupported(
+                f"layer {layer.layer_id}: {', '.join(problems)} not supported by sage_attn"
+            )
         self._checked_layers.add(layer.layer_id)
 
     def forward_extend(
@@ -266,7 +299,9 @@ class SageAttnBackend(AttentionBackend):
         self._check_layer(layer, kwargs)
         if k is not None and save_kv_cache:
             # The kernels read every key (prefix and new) from the pool, so write the new ones first.
-            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+            self.token_to_kv_pool.set_kv_buffer(
+                layer, forward_batch.out_cache_loc, k, v
+            )
         md = self.forward_metadata
         hq, d = layer.tp_q_head_num, layer.qk_head_dim
         o = q.new_empty((q.shape[0], hq * layer.v_head_dim))
@@ -298,4 +333,6 @@ class SageAttnBackend(AttentionBackend):
         **kwargs,
     ):
         self.stats.add("decode_layer_calls")
-        return self._decode().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        return self._decode().forward_decode(
+            q, k, v, layer, forward_batch, save_kv_cache, **kwargs
+        )

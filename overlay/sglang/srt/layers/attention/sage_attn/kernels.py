@@ -80,21 +80,29 @@ def interpreting() -> bool:
 
 
 KERNELS = ("triton", "sm90")
-SM90_CONFIG = KernelConfig(block_m=128, block_n=128, num_warps=12, num_stages=3)  # tiles of the sm90 kernel
+SM90_CONFIG = KernelConfig(
+    block_m=128, block_n=128, num_warps=12, num_stages=3
+)  # tiles of the sm90 kernel
 KERNEL_ENV = "SGLANG_SAGE_KERNEL"
 
 
 def kernel_config(head_dim: int, kernel: str = "triton") -> KernelConfig:
     if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"sage_attn supports head_dim {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+        raise ValueError(
+            f"sage_attn supports head_dim {SUPPORTED_HEAD_DIMS}, got {head_dim}"
+        )
     if kernel == "sm90":
         return SM90_CONFIG
     if kernel != "triton":
-        raise ValueError(f"unknown sage_attn kernel {kernel!r}; choose one of {KERNELS}")
+        raise ValueError(
+            f"unknown sage_attn kernel {kernel!r}; choose one of {KERNELS}"
+        )
     return _INTERPRET_CONFIG if interpreting() else _CONFIGS[head_dim]
 
 
-def select_kernel(device, head_dim: int, dtype: torch.dtype, requested: str | None = None) -> tuple[str, str]:
+def select_kernel(
+    device, head_dim: int, dtype: torch.dtype, requested: str | None = None
+) -> tuple[str, str]:
     """The kernel to run and why: ``sm90`` on Hopper when it supports the problem, else ``triton``.
 
     ``requested`` (default: ``$SGLANG_SAGE_KERNEL``) forces one: ``sm90`` where it cannot run is an
@@ -105,19 +113,28 @@ def select_kernel(device, head_dim: int, dtype: torch.dtype, requested: str | No
     if requested is None:
         requested = os.environ.get(KERNEL_ENV) or "auto"
     if requested not in ("auto", *KERNELS):
-        raise ValueError(f"{KERNEL_ENV}={requested!r}: choose one of auto, {', '.join(KERNELS)}")
+        raise ValueError(
+            f"{KERNEL_ENV}={requested!r}: choose one of auto, {', '.join(KERNELS)}"
+        )
     if requested == "triton":
         return "triton", f"Triton kernels ({KERNEL_ENV}=triton)"
     try:
         from sglang.kernels.ops.attention import sage_attn_sm90
 
         ok, why = sage_attn_sm90.is_supported(device, head_dim, dtype)
-    except ImportError as exc:  # no SGLang JIT framework (e.g. the CPU interpreter tests)
-        ok, why = False, f"sglang.kernels.ops.attention.sage_attn_sm90 not importable ({exc})"
+    except (
+        ImportError
+    ) as exc:  # no SGLang JIT framework (e.g. the CPU interpreter tests)
+        ok, why = (
+            False,
+            f"sglang.kernels.ops.attention.sage_attn_sm90 not importable ({exc})",
+        )
     if ok:
         return "sm90", "sm_90 wgmma kernel (SGLang JIT)"
     if requested == "sm90":
-        raise ValueError(f"{KERNEL_ENV}=sm90 but the sm90 kernel cannot run here: {why}")
+        raise ValueError(
+            f"{KERNEL_ENV}=sm90 but the sm90 kernel cannot run here: {why}"
+        )
     return "triton", f"Triton kernels ({why})"
 
 
@@ -170,7 +187,9 @@ def _key_anchor_mean(
     n = tl.minimum(tl.load(kv_lens + b), ANCHOR)
     pos = tl.arange(0, ANCHOR)
     valid = pos < n
-    slots = tl.load(slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0).to(tl.int64)
+    slots = tl.load(
+        slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0
+    ).to(tl.int64)
     fast, _ = _split_cols(HEAD_DIM, NEOX)
     k = tl.load(
         k_buffer + slots[:, None] * stride_kt + h * stride_kh + fast[None, :],
@@ -178,7 +197,10 @@ def _key_anchor_mean(
         other=0.0,
     ).to(tl.float32)
     mean = tl.sum(k, axis=0) / n.to(tl.float32)
-    tl.store(k_mean + (b * num_kv_heads + h) * (HEAD_DIM // 2) + tl.arange(0, HEAD_DIM // 2), mean)
+    tl.store(
+        k_mean + (b * num_kv_heads + h) * (HEAD_DIM // 2) + tl.arange(0, HEAD_DIM // 2),
+        mean,
+    )
 
 
 @triton.jit
@@ -210,7 +232,9 @@ def _pack_kv(
     b = tl.load(kblk_seq + g)
     pos = tl.load(kblk_start + g) + tl.arange(0, BLOCK_N)
     valid = pos < tl.load(kv_lens + b)
-    slots = tl.load(slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0).to(tl.int64)
+    slots = tl.load(
+        slot_table + tl.load(slot_row_off + b) + pos, mask=valid, other=0
+    ).to(tl.int64)
     fast, slow = _split_cols(HEAD_DIM, NEOX)
     half = tl.arange(0, HEAD_DIM // 2)
     k_row = k_buffer + slots[:, None] * stride_kt + h * stride_kh
@@ -222,7 +246,10 @@ def _pack_kv(
     k = tl.where(valid[:, None], k - mean[None, :], 0.0)
     # One scale per key row: it depends on this key only, never on where a chunk was cut.
     scale = tl.maximum(tl.max(tl.abs(k), axis=1), 1e-8) / 127.0
-    tl.store(k_int8 + row[:, None] * (HEAD_DIM // 2) + half[None, :], _round_to_int8(k / scale[:, None]))
+    tl.store(
+        k_int8 + row[:, None] * (HEAD_DIM // 2) + half[None, :],
+        _round_to_int8(k / scale[:, None]),
+    )
     tl.store(k_scale + row, scale)
 
     ks = tl.load(k_row + slow[None, :], mask=valid[:, None], other=0.0)
@@ -239,9 +266,26 @@ def _pack_kv(
 
 @triton.jit
 def _attend_block(
-    m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix, kv_len,
+    m_i,
+    l_i,
+    acc,
+    q_q,
+    q_scale,
+    q_slow,
+    k_int8,
+    k_scale,
+    k_slow,
+    v_half,
+    blk_rows,
+    j,
+    rows,
+    prefix,
+    kv_len,
     sm_scale_log2,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     """One key block of the online softmax. Scores stay unscaled; sm_scale·log2(e) is applied
     inside exp2 (one FMA per element)."""
@@ -333,14 +377,50 @@ def _sage_attn_fwd(
     for j in range(n_full):
         blk_rows = (head_base + kb0 + j) * BLOCK_N + cols
         m_i, l_i, acc = _attend_block(
-            m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix,
-            kv_len, sm_scale_log2, BLOCK_N, HEAD_DIM, False, CAUSAL,
+            m_i,
+            l_i,
+            acc,
+            q_q,
+            q_scale,
+            q_slow,
+            k_int8,
+            k_scale,
+            k_slow,
+            v_half,
+            blk_rows,
+            j,
+            rows,
+            prefix,
+            kv_len,
+            sm_scale_log2,
+            BLOCK_N,
+            HEAD_DIM,
+            False,
+            CAUSAL,
         )
     for j in range(n_full, n_blocks):
         blk_rows = (head_base + kb0 + j) * BLOCK_N + cols
         m_i, l_i, acc = _attend_block(
-            m_i, l_i, acc, q_q, q_scale, q_slow, k_int8, k_scale, k_slow, v_half, blk_rows, j, rows, prefix,
-            kv_len, sm_scale_log2, BLOCK_N, HEAD_DIM, True, CAUSAL,
+            m_i,
+            l_i,
+            acc,
+            q_q,
+            q_scale,
+            q_slow,
+            k_int8,
+            k_scale,
+            k_slow,
+            v_half,
+            blk_rows,
+            j,
+            rows,
+            prefix,
+            kv_len,
+            sm_scale_log2,
+            BLOCK_N,
+            HEAD_DIM,
+            True,
+            CAUSAL,
         )
 
     o = acc / l_i[:, None]
@@ -351,14 +431,18 @@ def _sage_attn_fwd(
     )
 
 
-def check_inputs(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> None:
+def check_inputs(
+    q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor
+) -> None:
     """Refuse shapes and dtypes the kernels do not cover, naming the offending value."""
     if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
         raise ValueError("q, k_buffer and v_buffer must be [tokens, heads, head_dim]")
     if q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"sage_attn supports fp16/bf16 queries, got {q.dtype}")
     if k_buffer.dtype not in SUPPORTED_DTYPES or v_buffer.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"sage_attn needs an fp16/bf16 KV cache, got {k_buffer.dtype}/{v_buffer.dtype}")
+        raise ValueError(
+            f"sage_attn needs an fp16/bf16 KV cache, got {k_buffer.dtype}/{v_buffer.dtype}"
+        )
     d = q.shape[-1]
     if k_buffer.shape[-1] != d or v_buffer.shape[-1] != d:
         raise ValueError("sage_attn needs equal q/k/v head_dim")
@@ -401,8 +485,17 @@ def sage_extend_attention_planned(
         if slot_table.dtype != torch.int32:
             slot_table = slot_table.to(torch.int32)
         return sage_attn_sm90.forward(
-            q, k_buffer, v_buffer, plan, slot_table, slot_row_off.to(torch.int64), sm_scale, causal, out,
-            rope_neox, stages,
+            q,
+            k_buffer,
+            v_buffer,
+            plan,
+            slot_table,
+            slot_row_off.to(torch.int64),
+            sm_scale,
+            causal,
+            out,
+            rope_neox,
+            stages,
         )
     cfg = kernel_config(q.shape[-1], kernel)
     if (cfg.block_m, cfg.block_n) != (plan.block_m, plan.block_n):
@@ -414,29 +507,76 @@ def sage_extend_attention_planned(
     rows = nkb * plan.block_n
     if out is None:
         out = torch.empty_like(q)
-    k_mean = torch.empty((plan.batch_size, hkv, d // 2), dtype=torch.float32, device=dev)
+    k_mean = torch.empty(
+        (plan.batch_size, hkv, d // 2), dtype=torch.float32, device=dev
+    )
     k_int8 = torch.empty((hkv, rows, d // 2), dtype=torch.int8, device=dev)
     k_scale = torch.empty((hkv, rows), dtype=torch.float32, device=dev)
     k_slow = torch.empty((hkv, rows, d // 2), dtype=torch.float16, device=dev)
     v_half = torch.empty((hkv, rows, d), dtype=torch.float16, device=dev)
 
     _key_anchor_mean[(plan.batch_size, hkv)](
-        k_buffer, slot_table, slot_row_off, plan.kv_lens, k_mean, k_buffer.stride(0), k_buffer.stride(1), hkv,
-        ANCHOR=ANCHOR, HEAD_DIM=d, NEOX=rope_neox,
+        k_buffer,
+        slot_table,
+        slot_row_off,
+        plan.kv_lens,
+        k_mean,
+        k_buffer.stride(0),
+        k_buffer.stride(1),
+        hkv,
+        ANCHOR=ANCHOR,
+        HEAD_DIM=d,
+        NEOX=rope_neox,
     )
     _pack_kv[(nkb, hkv)](
-        k_buffer, v_buffer, slot_table, slot_row_off, plan.kv_lens, plan.kblk_seq, plan.kblk_start,
-        k_mean, k_int8, k_scale, k_slow, v_half,
-        k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), hkv, nkb,
-        BLOCK_N=plan.block_n, HEAD_DIM=d, NEOX=rope_neox,
+        k_buffer,
+        v_buffer,
+        slot_table,
+        slot_row_off,
+        plan.kv_lens,
+        plan.kblk_seq,
+        plan.kblk_start,
+        k_mean,
+        k_int8,
+        k_scale,
+        k_slow,
+        v_half,
+        k_buffer.stride(0),
+        k_buffer.stride(1),
+        v_buffer.stride(0),
+        v_buffer.stride(1),
+        hkv,
+        nkb,
+        BLOCK_N=plan.block_n,
+        HEAD_DIM=d,
+        NEOX=rope_neox,
     )
     _sage_attn_fwd[(plan.num_q_blocks, hq)](
-        q, out, k_int8, k_scale, k_slow, v_half,
-        plan.qo_indptr, plan.kv_lens, plan.kblk_indptr, plan.qblk_seq, plan.qblk_start,
+        q,
+        out,
+        k_int8,
+        k_scale,
+        k_slow,
+        v_half,
+        plan.qo_indptr,
+        plan.kv_lens,
+        plan.kblk_indptr,
+        plan.qblk_seq,
+        plan.qblk_start,
         sm_scale * _LOG2E,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), nkb,
-        GROUP=hq // hkv, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, HEAD_DIM=d, CAUSAL=causal,
-        NEOX=rope_neox, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        nkb,
+        GROUP=hq // hkv,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        HEAD_DIM=d,
+        CAUSAL=causal,
+        NEOX=rope_neox,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out
 
@@ -465,11 +605,17 @@ def sage_extend_attention(
     qo = qo_indptr.detach().to("cpu", torch.int64)
     kv = kv_indptr.detach().to("cpu", torch.int64)
     if qo.numel() != kv.numel() or qo[0] != 0 or kv[0] != 0:
-        raise ValueError(f"qo_indptr and kv_indptr must start at 0 and have equal length, got {qo.tolist()} / {kv.tolist()}")
+        raise ValueError(
+            f"qo_indptr and kv_indptr must start at 0 and have equal length, got {qo.tolist()} / {kv.tolist()}"
+        )
     if int(qo[-1]) != q.shape[0]:
-        raise ValueError(f"qo_indptr[-1]={int(qo[-1])} must equal the number of query rows {q.shape[0]}")
+        raise ValueError(
+            f"qo_indptr[-1]={int(qo[-1])} must equal the number of query rows {q.shape[0]}"
+        )
     if int(kv[-1]) > kv_indices.numel():
-        raise ValueError(f"kv_indptr[-1]={int(kv[-1])} exceeds kv_indices ({kv_indices.numel()} entries)")
+        raise ValueError(
+            f"kv_indptr[-1]={int(kv[-1])} exceeds kv_indices ({kv_indices.numel()} entries)"
+        )
     q_lens = (qo[1:] - qo[:-1]).numpy()
     kv_lens = (kv[1:] - kv[:-1]).numpy()
     cfg = kernel_config(q.shape[-1], kernel)
@@ -478,5 +624,15 @@ def sage_extend_attention(
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     row_off = kv_indptr[:-1].to(torch.int64)
     return sage_extend_attention_planned(
-        q, k_buffer, v_buffer, plan, kv_indices, row_off, sm_scale, causal, out, rope_neox, kernel
+        q,
+        k_buffer,
+        v_buffer,
+        plan,
+        kv_indices,
+        row_off,
+        sm_scale,
+        causal,
+        out,
+        rope_neox,
+        kernel,
     )

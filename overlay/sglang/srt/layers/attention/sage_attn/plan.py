@@ -67,19 +67,27 @@ def plan_host_tables(
     q = np.asarray(q_lens, dtype=np.int64)
     kv = np.asarray(kv_lens, dtype=np.int64)
     if q.ndim != 1 or q.shape != kv.shape:
-        raise ValueError(f"q_lens and kv_lens must be 1-D of equal length, got {q.shape} and {kv.shape}")
+        raise ValueError(
+            f"q_lens and kv_lens must be 1-D of equal length, got {q.shape} and {kv.shape}"
+        )
     if q.size == 0:
         raise ValueError("empty batch")
     if (q < 1).any():
-        raise ValueError(f"every sequence needs at least one new token, got q_lens={q.tolist()}")
+        raise ValueError(
+            f"every sequence needs at least one new token, got q_lens={q.tolist()}"
+        )
     if (kv < q).any():
-        raise ValueError(f"kv_lens must be >= q_lens, got q_lens={q.tolist()} kv_lens={kv.tolist()}")
+        raise ValueError(
+            f"kv_lens must be >= q_lens, got q_lens={q.tolist()} kv_lens={kv.tolist()}"
+        )
     bsz = q.size
     nkb = _cdiv(kv, block_n)
     kblk_indptr = np.zeros(bsz + 1, dtype=np.int64)
     np.cumsum(nkb, out=kblk_indptr[1:])
     kblk_seq = np.repeat(np.arange(bsz), nkb)
-    kblk_start = (np.arange(kblk_indptr[-1]) - np.repeat(kblk_indptr[:-1], nkb)) * block_n
+    kblk_start = (
+        np.arange(kblk_indptr[-1]) - np.repeat(kblk_indptr[:-1], nkb)
+    ) * block_n
 
     nqb = _cdiv(q, block_m)
     qblk_seq = np.repeat(np.arange(bsz), nqb)

@@ -36,7 +36,9 @@ def reference_extend_attention(
             rows = torch.arange(lq, device=q.device)[:, None] + (lk - lq)
             cols = torch.arange(lk, device=q.device)[None, :]
             s = s.masked_fill(cols > rows, float("-inf"))
-        out[qo[b] : qo[b + 1]] = torch.matmul(torch.softmax(s, dim=-1), vs).transpose(0, 1)
+        out[qo[b] : qo[b + 1]] = torch.matmul(torch.softmax(s, dim=-1), vs).transpose(
+            0, 1
+        )
     return out
 
 

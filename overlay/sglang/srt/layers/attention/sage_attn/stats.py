@@ -30,13 +30,21 @@ PUBLISH_INTERVAL_S = 0.5
 class SageStats:
     """Counters of one backend instance (one per scheduler process / TP rank)."""
 
-    def __init__(self, decode_backend: str, tp_rank: int = 0, prefill_kernel: str = "triton") -> None:
+    def __init__(
+        self, decode_backend: str, tp_rank: int = 0, prefill_kernel: str = "triton"
+    ) -> None:
         self.decode_backend = decode_backend
-        self.prefill_kernel = prefill_kernel  # "sm90" or "triton": which 8-bit kernel the counters count
+        self.prefill_kernel = (
+            prefill_kernel  # "sm90" or "triton": which 8-bit kernel the counters count
+        )
         self.tp_rank = tp_rank
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         stats_dir = os.environ.get(STATS_DIR_ENV)
-        self._path = Path(stats_dir) / f"sage_attn_stats_{os.getpid()}.json" if stats_dir else None
+        self._path = (
+            Path(stats_dir) / f"sage_attn_stats_{os.getpid()}.json"
+            if stats_dir
+            else None
+        )
         self._published_paths: frozenset[str] = frozenset()
         self._published_at = float("-inf")
 
@@ -50,7 +58,10 @@ class SageStats:
         if self._path is None:
             return
         ran = frozenset(k for k, v in self.counters.items() if v)
-        if ran != self._published_paths or time.monotonic() - self._published_at >= PUBLISH_INTERVAL_S:
+        if (
+            ran != self._published_paths
+            or time.monotonic() - self._published_at >= PUBLISH_INTERVAL_S
+        ):
             self.publish()
 
     def publish(self) -> None:

@@ -36,29 +36,49 @@ def refusal_reasons(f: ModelFacts) -> list[str]:
     """Every unsupported setting, each naming the setting, its value and what is supported."""
     why: list[str] = []
     if f.use_mla:
-        why.append("MLA attention (model attention_arch=MLA) is not supported; sage_attn covers MHA/GQA/MQA")
+        why.append(
+            "MLA attention (model attention_arch=MLA) is not supported; sage_attn covers MHA/GQA/MQA"
+        )
     if f.is_encoder_decoder:
-        why.append("cross-attention (encoder-decoder model) is not supported; sage_attn is decoder-only")
+        why.append(
+            "cross-attention (encoder-decoder model) is not supported; sage_attn is decoder-only"
+        )
     if not f.is_causal_lm:
-        why.append("encoder-only / bidirectional models are not supported; sage_attn is causal-only")
+        why.append(
+            "encoder-only / bidirectional models are not supported; sage_attn is causal-only"
+        )
     if f.sliding_window_size is not None and f.sliding_window_size > 0:
-        why.append(f"sliding-window attention (sliding_window={f.sliding_window_size}) is not supported")
+        why.append(
+            f"sliding-window attention (sliding_window={f.sliding_window_size}) is not supported"
+        )
     if f.attn_logit_softcapping:
-        why.append(f"logit soft-capping (attn_logit_softcapping={f.attn_logit_softcapping}) is not supported")
+        why.append(
+            f"logit soft-capping (attn_logit_softcapping={f.attn_logit_softcapping}) is not supported"
+        )
     if f.head_dim not in SUPPORTED_HEAD_DIMS:
-        why.append(f"head_dim={f.head_dim} is not supported; supported: {list(SUPPORTED_HEAD_DIMS)}")
+        why.append(
+            f"head_dim={f.head_dim} is not supported; supported: {list(SUPPORTED_HEAD_DIMS)}"
+        )
     if f.v_head_dim != f.head_dim:
-        why.append(f"v_head_dim={f.v_head_dim} differs from head_dim={f.head_dim}; sage_attn needs them equal")
+        why.append(
+            f"v_head_dim={f.v_head_dim} differs from head_dim={f.head_dim}; sage_attn needs them equal"
+        )
     if f.dtype not in SUPPORTED_DTYPES:
-        why.append(f"model dtype {f.dtype} is not supported; supported: float16, bfloat16")
+        why.append(
+            f"model dtype {f.dtype} is not supported; supported: float16, bfloat16"
+        )
     if f.kv_cache_dtype not in SUPPORTED_DTYPES:
-        why.append(f"KV cache dtype {f.kv_cache_dtype} is not supported; use --kv-cache-dtype auto (fp16/bf16)")
+        why.append(
+            f"KV cache dtype {f.kv_cache_dtype} is not supported; use --kv-cache-dtype auto (fp16/bf16)"
+        )
     if f.page_size != 1:
         why.append(f"--page-size {f.page_size} is not supported yet; use --page-size 1")
     if f.speculative_algorithm:
         why.append(f"speculative decoding ({f.speculative_algorithm}) is not supported")
     if f.dcp_size > 1:
-        why.append(f"decode context parallelism (dcp_size={f.dcp_size}) is not supported")
+        why.append(
+            f"decode context parallelism (dcp_size={f.dcp_size}) is not supported"
+        )
     return why
 
 
