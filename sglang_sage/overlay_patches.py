@@ -60,6 +60,9 @@ def split(series: Series, overlay_files: list[overlay_mod.OverlayFile]) -> tuple
 def materialize(overlay_root: Path, steps: tuple[PatchStep, ...], dest: Path | None = None) -> Path:
     """A copy of `overlay_root` with `steps` applied (`git apply`, no fuzz); returns its root.
 
+    A step may delete overlay files (e.g. the sm90 JIT kernel on a release without SGLang's JIT
+    framework): the copy then lacks them, so they are neither checked, installed nor pinned.
+
     Without `dest` the copy goes to a scratch directory removed at interpreter exit.
     """
     if dest is None:
@@ -82,6 +85,8 @@ def materialize(overlay_root: Path, steps: tuple[PatchStep, ...], dest: Path | N
                     details=result.stderr.strip().splitlines(),
                 )
         for of in files:
+            if not (repo / of.dest).exists():  # the patch deletes it: this release does not get the file
+                continue
             target = dest / of.src
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(repo / of.dest, target)

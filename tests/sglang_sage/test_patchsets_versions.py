@@ -340,4 +340,9 @@ def test_materialize_leaves_the_overlay_alone(tmp_path: Path) -> None:
         "sglang/srt/layers/attention/sage_attn_backend.py",
         "test/registered/attention/test_sage_attn_engine.py",
         "test/registered/attention/test_sage_attn_kernels.py",
+        "test/registered/attention/test_sage_attn_tp.py",
     }
+    # 0.5.8 has no sglang.kernels JIT framework: the patch deletes the sm90 kernel from its overlay
+    gone = set(before) - {f.src for f in overlay.discover(out)}
+    assert gone == {src for src in before if "sage_attn_sm90" in src} and len(gone) == 5
+    assert "sage_attn_sm90" not in (PATCHES_DIR / "0.5.8" / "manifest.toml").read_text()

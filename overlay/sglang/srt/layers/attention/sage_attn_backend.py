@@ -32,6 +32,7 @@ from sglang.srt.layers.attention.sage_attn.kernels import (
     kernel_config,
     sage_extend_attention_planned,
     select_kernel,
+    sm90_op,
 )
 from sglang.srt.layers.attention.sage_attn.plan import SagePlan, build_plan
 from sglang.srt.layers.attention.sage_attn.stats import SageStats
@@ -136,11 +137,8 @@ class SageAttnBackend(AttentionBackend):
         self.tile = kernel_config(self.head_dim, self.kernel)
         self._stages: Optional[torch.Tensor] = None
         if self.kernel == "sm90":
-            from sglang.kernels.ops.attention import sage_attn_sm90
-
-            sage_attn_sm90._module(
-                self.head_dim, dtype
-            )  # build (or load) now, not in the first request
+            # build (or load from the JIT cache) now, not in the first request
+            sm90_op().precompile(head_dims=(self.head_dim,), dtypes=(dtype,))
         self.rope_neox, rope_desc = _rope_layout(model_runner)
         self.forward_metadata: Optional[SageForwardMetadata] = None
         self._checked_layers: set[int] = set()
@@ -223,9 +221,9 @@ class SageAttnBackend(AttentionBackend):
     def _stage_buffer(self, plan: SagePlan) -> torch.Tensor:
         """The sm90 kernel's scratch for this batch: one buffer owned by the backend, grown when a
         batch needs more (never per layer call), viewed at this batch's size."""
-        from sglang.kernels.ops.attention.sage_attn_sm90 import stage_bytes
-
-        need = self.num_kv_heads * plan.num_k_blocks * stage_bytes(self.head_dim)
+        need = (
+            self.num_kv_heads * plan.num_k_blocks * sm90_op().stage_bytes(self.head_dim)
+        )
         if self._stages is None or self._stages.numel() < need:
             self._stages = None  # free the old one first
             self._stages = torch.empty(need, dtype=torch.uint8, device=self.device)

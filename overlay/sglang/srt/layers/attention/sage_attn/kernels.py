@@ -80,6 +80,18 @@ def interpreting() -> bool:
 
 
 KERNELS = ("triton", "sm90")
+# The sm90 op is an overlay file of its own; SGLang releases without the sglang.kernels JIT
+# framework (0.5.8) do not get it, and then select_kernel picks Triton and says why.
+SM90_OP_MODULE = "sglang.kernels.ops.attention.sage_attn_sm90"
+
+
+def sm90_op():
+    """The sm90 op module (``ImportError`` where this SGLang cannot have it)."""
+    import importlib
+
+    return importlib.import_module(SM90_OP_MODULE)
+
+
 SM90_CONFIG = KernelConfig(
     block_m=128, block_n=128, num_warps=12, num_stages=3
 )  # tiles of the sm90 kernel
@@ -119,9 +131,7 @@ def select_kernel(
     if requested == "triton":
         return "triton", f"Triton kernels ({KERNEL_ENV}=triton)"
     try:
-        from sglang.kernels.ops.attention import sage_attn_sm90
-
-        ok, why = sage_attn_sm90.is_supported(device, head_dim, dtype)
+        ok, why = sm90_op().is_supported(device, head_dim, dtype)
     except (
         ImportError
     ) as exc:  # no SGLang JIT framework (e.g. the CPU interpreter tests)
@@ -480,11 +490,9 @@ def sage_extend_attention_planned(
     """
     check_inputs(q, k_buffer, v_buffer)
     if kernel == "sm90":
-        from sglang.kernels.ops.attention import sage_attn_sm90
-
         if slot_table.dtype != torch.int32:
             slot_table = slot_table.to(torch.int32)
-        return sage_attn_sm90.forward(
+        return sm90_op().forward(
             q,
             k_buffer,
             v_buffer,
