@@ -54,7 +54,8 @@ class KernelBackendSpec:
 
 # Backends of the kernel benchmark, in table order.
 KERNEL_BACKEND_SPECS: tuple[KernelBackendSpec, ...] = (
-    KernelBackendSpec("sage", "sage_attn", "tab:red", candidate=True),
+    KernelBackendSpec("sage", "sage_attn (Triton)", "tab:red", candidate=True),
+    KernelBackendSpec("sage_sm90", "sage_attn sm90 (JIT)", "tab:olive", candidate=True),
     KernelBackendSpec("cudnn", "cuDNN SDPA", "tab:blue"),
     KernelBackendSpec("fa3", "FA3 (sgl_kernel)", "tab:brown"),
     KernelBackendSpec("fa3_fp8", "FA3 FP8 e4m3 (sgl_kernel)", "tab:pink"),

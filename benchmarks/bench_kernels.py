@@ -52,6 +52,7 @@ GEOMETRIES: dict[str, tuple[int, int, int]] = {"llama3-8b": (32, 8, 128), "smoll
 # rough throughput guesses (TFLOPS) for the printed time estimate only
 _EST_TFLOPS = {
     "sage": 400.0,
+    "sage_sm90": 520.0,
     "cudnn": 450.0,
     "fa3": 550.0,
     "fa3_fp8": 650.0,
@@ -507,7 +508,21 @@ def _loaded(name: str, ctx: dict[str, Any]) -> Any:
     return ctx[name]
 
 
-def _make_sage(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+def _make_sage_sm90(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any]) -> BackendCall:
+    """The same contract call with the Hopper kernel (SGLang's JIT op: needs the overlay installed)."""
+    mod = _loaded("sage", ctx)
+    try:
+        ok, why = mod.sm90_op().is_supported(inp["q"].device, shape.d, inp["q"].dtype)
+    except ImportError as exc:
+        raise Unavailable(f"sm90 op not importable ({exc}): apply the overlay to this SGLang first") from exc
+    if not ok:
+        raise Unavailable(f"sm90 kernel cannot run here: {why}")
+    return _make_sage(shape, inp, sm_scale, ctx, kernel="sm90")
+
+
+def _make_sage(
+    shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str, Any], kernel: str = "triton"
+) -> BackendCall:
     import torch
 
     sage = _loaded("sage", ctx).sage_extend_attention
@@ -525,8 +540,10 @@ def _make_sage(shape: Shape, inp: dict[str, Any], sm_scale: float, ctx: dict[str
     )
     info = {"note": "contract call sage_extend_attention (plan + smoothing + quantization + attention)"}
 
+    info["kernel"] = kernel
+
     def fn() -> Any:
-        return sage(*args, causal=True, out=out)
+        return sage(*args, causal=True, out=out, kernel=kernel)
 
     return fn, (lambda o: out if o is None else o), info, _null_cm
 
@@ -720,6 +737,7 @@ def sage_planned_extra(
 # Every runnable row. A new backend: one entry here and one in _results.KERNEL_BACKEND_SPECS.
 BACKENDS: dict[str, Backend] = {
     "sage": Backend(make=_make_sage, load=lambda a: load_sage_module(a.sage_kernel), extra=sage_planned_extra),
+    "sage_sm90": Backend(make=_make_sage_sm90, shares="sage"),
     "cudnn": Backend(make=_make_sdpa("cudnn")),
     "fa3": Backend(make=_make_fa3(fp8=False), load=_load_fa3),
     "fa3_fp8": Backend(make=_make_fa3(fp8=True), shares="fa3", run_last=True),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sglang_sage import dep3, gitrun, overlay_patches, patcher, upstream_style
+from sglang_sage import overlay as overlay_mod
 from sglang_sage.dep3 import Author
 from sglang_sage.errors import APPLY_FAILED, INTERNAL, OK, REFUSED, SageError
 from sglang_sage.layout import LayoutKind
@@ -456,7 +457,9 @@ def _plan(
     """The commits to build, in order: overlay, then the series' SGLang patches and edit step; also which
     overlay files the set's overlay patches adapted (for the "what changed" table)."""
     full = load_series(t.series.directory)
-    _, overlay_steps = overlay_patches.split(full, t.overlay_files)
+    # Split against overlay/ as committed: t.overlay_files is what the set installs, which lacks the
+    # files an overlay patch deletes (0.5.8 drops the sm90 kernel), and those paths are still overlay paths.
+    _, overlay_steps = overlay_patches.split(full, overlay_mod.discover(overlay_mod.OVERLAY_DIR))
     mails = {p.name: p.header for p in full.patches}  # dep3.parse read the mail header with the DEP-3 fields
     dates = [m.date for m in mails.values() if m.date]
     date = max(dates, key=_date_key) if dates else FALLBACK_DATE

@@ -39,6 +39,7 @@ from sglang.srt.layers.attention.sage_attn.stats import SageStats
 from sglang.srt.layers.attention.sage_attn.support import (
     SageAttnUnsupported,
     check_supported,
+    has_sliding_window,
 )
 from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
@@ -272,7 +273,7 @@ class SageAttnBackend(AttentionBackend):
             problems.append("encoder-only attention")
         if layer.logit_cap and layer.logit_cap > 0:
             problems.append(f"logit soft-cap {layer.logit_cap}")
-        if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
+        if has_sliding_window(layer.sliding_window_size):
             problems.append(f"sliding window {layer.sliding_window_size}")
         if layer.qk_head_dim != layer.v_head_dim:
             problems.append(
@@ -330,7 +331,10 @@ class SageAttnBackend(AttentionBackend):
         save_kv_cache: bool = True,
         **kwargs,
     ):
-        self.stats.add("decode_layer_calls")
+        # Eager decode only: a CUDA-graph capture pass is not a decode (replays are counted per batch
+        # in cuda_graph_decode_replays).
+        if not torch.cuda.is_current_stream_capturing():
+            self.stats.add("decode_layer_calls")
         return self._decode().forward_decode(
             q, k, v, layer, forward_batch, save_kv_cache, **kwargs
         )

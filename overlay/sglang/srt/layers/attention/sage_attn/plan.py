@@ -32,8 +32,6 @@ class SagePlan:
     block_n: int
     num_q_blocks: int
     num_k_blocks: int
-    max_q_len: int
-    max_kv_len: int
     # int32 [B + 1]: new-token offsets of each sequence in the packed q / output
     qo_indptr: torch.Tensor
     # int32 [B]: full sequence length (prefix + new tokens)
@@ -135,15 +133,11 @@ def build_plan(
         size = tables[n].size
         views[n] = dev[off : off + size]
         off += size
-    q = np.asarray(q_lens)
-    kv = np.asarray(kv_lens)
     return SagePlan(
-        batch_size=int(q.size),
+        batch_size=int(tables["kv_lens"].size),
         block_m=block_m,
         block_n=block_n,
         num_q_blocks=int(tables["qblk_seq"].size),
         num_k_blocks=int(tables["kblk_seq"].size),
-        max_q_len=int(q.max()),
-        max_kv_len=int(kv.max()),
         **views,
     )

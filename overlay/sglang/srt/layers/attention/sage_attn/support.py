@@ -32,6 +32,12 @@ class ModelFacts:
     is_causal_lm: bool
 
 
+def has_sliding_window(size: Optional[int]) -> bool:
+    """SGLang's convention: None or -1 mean no window; any other value (0 included) is one. Used
+    for the start-up check and the per-layer check alike."""
+    return size is not None and size > -1
+
+
 def refusal_reasons(f: ModelFacts) -> list[str]:
     """Every unsupported setting, each naming the setting, its value and what is supported."""
     why: list[str] = []
@@ -47,7 +53,7 @@ def refusal_reasons(f: ModelFacts) -> list[str]:
         why.append(
             "encoder-only / bidirectional models are not supported; sage_attn is causal-only"
         )
-    if f.sliding_window_size is not None and f.sliding_window_size > 0:
+    if has_sliding_window(f.sliding_window_size):
         why.append(
             f"sliding-window attention (sliding_window={f.sliding_window_size}) is not supported"
         )
