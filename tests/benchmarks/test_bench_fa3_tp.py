@@ -33,7 +33,7 @@ def _load(name: str) -> Any:
 def test_every_display_entry_has_a_runner_and_back() -> None:
     bk = _load("bench_kernels")
     assert list(bk.BACKENDS) == list(R.KERNEL_BACKENDS)
-    assert {"fa3", "fa3_fp8"} <= set(R.KERNEL_BACKENDS) and R.KERNEL_CANDIDATES == ("sage",)
+    assert {"fa3", "fa3_fp8"} <= set(R.KERNEL_BACKENDS) and R.KERNEL_CANDIDATES == ("sage", "sage_sm90")
     assert bk.parse_args([]).backends.split(",") == list(R.KERNEL_BACKENDS)
 
 

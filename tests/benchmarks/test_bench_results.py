@@ -147,7 +147,7 @@ def test_kernel_ratios_and_targets() -> None:
 def test_kernel_markdown_and_plot(tmp_path: Path) -> None:
     doc = fake_kernel_doc()
     md = R.render_kernel_markdown(doc)
-    assert "| shape | Lq/Lkv | sage_attn | cuDNN SDPA |" in md
+    assert "| shape | Lq/Lkv | sage_attn (Triton) | cuDNN SDPA |" in md
     assert "llama3-8b B=1 L=32K prefix=50%" in md
     assert "1.000 (100)" in md and "*" in md  # dense-mask cuDNN flagged
     assert "## Targets" in md and "PASS" in md
