@@ -25,21 +25,44 @@ from pathlib import Path
 
 GEOMETRIES = {
     # SmolLM2-135M-Instruct
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
+    "smollm2": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
     # Llama-3.1-8B attention geometry, 4 layers (speed is not measured here)
-    "llama8b_4layers": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4, num_attention_heads=32,
-                            num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
-                            tie_word_embeddings=False),
+    "llama8b_4layers": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=4,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
 }
 
 
 def write_config(root: Path, name: str) -> Path:
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
-           "bos_token_id": 1, "eos_token_id": 2, **GEOMETRIES[name]}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        **GEOMETRIES[name],
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     return d
 
@@ -48,8 +71,16 @@ def run_engine(model_dir: Path, prompts: list[list[int]], stats_dir: Path, chunk
     import sglang as sgl
 
     os.environ["SGLANG_SAGE_STATS_DIR"] = str(stats_dir)
-    kw = dict(model_path=str(model_dir), load_format="dummy", skip_tokenizer_init=True, attention_backend="sage_attn",
-              mem_fraction_static=0.35, disable_cuda_graph=True, log_level="warning", random_seed=0)
+    kw = dict(
+        model_path=str(model_dir),
+        load_format="dummy",
+        skip_tokenizer_init=True,
+        attention_backend="sage_attn",
+        mem_fraction_static=0.35,
+        disable_cuda_graph=True,
+        log_level="warning",
+        random_seed=0,
+    )
     if chunked:
         kw["chunked_prefill_size"] = chunked
     t0 = time.time()
@@ -103,11 +134,21 @@ def main() -> int:
             step["chunked_equals_one_shot"] = chunk["cold"] == one["cold"]
             step["chunked_repeat_equals_cold"] = chunk["radix_repeat"] == chunk["cold"]
             c1 = step["one_shot_engine"]
-            step["sm90_ran"] = (c1["prefill_kernels"] == ["sm90"] and c1["counters"].get("prefill_8bit_layer_calls", 0) > 0
-                                and c1["counters"].get("extend_prefix_8bit_layer_calls", 0) > 0)
+            step["sm90_ran"] = (
+                c1["prefill_kernels"] == ["sm90"]
+                and c1["counters"].get("prefill_8bit_layer_calls", 0) > 0
+                and c1["counters"].get("extend_prefix_8bit_layer_calls", 0) > 0
+            )
             step["outputs_first_prompt"] = one["cold"][0]
-            ok = all(step[k] for k in ("radix_repeat_equals_cold", "chunked_equals_one_shot",
-                                       "chunked_repeat_equals_cold", "sm90_ran"))
+            ok = all(
+                step[k]
+                for k in (
+                    "radix_repeat_equals_cold",
+                    "chunked_equals_one_shot",
+                    "chunked_repeat_equals_cold",
+                    "sm90_ran",
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - recorded, the next geometry still runs
             step["error"] = f"{type(exc).__name__}: {exc}"
             ok = False

@@ -45,8 +45,20 @@ KERNEL_DIRS = {"v3": CSRC, "v2": Path(__file__).with_name("v2")}
 def build(out_dir: Path, version: str = "v3") -> Path:
     so = out_dir / f"libsage_sm90_{version}.so"
     cmd = [
-        "nvcc", "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared", "-Xcompiler", "-fPIC",
-        "-Xptxas", "-v", "-I", str(KERNEL_DIRS[version]), "-o", str(so), str(Path(__file__).with_name("capi.cu")),
+        "nvcc",
+        "-O3",
+        "-std=c++17",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-shared",
+        "-Xcompiler",
+        "-fPIC",
+        "-Xptxas",
+        "-v",
+        "-I",
+        str(KERNEL_DIRS[version]),
+        "-o",
+        str(so),
+        str(Path(__file__).with_name("capi.cu")),
     ]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -65,34 +77,90 @@ def build(out_dir: Path, version: str = "v3") -> Path:
 _PTR = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
-_TAIL = [("group", _I32), ("num_k_blocks", _I32), ("sm_scale_log2", ctypes.c_float), ("neox", _I32),
-         ("causal", _I32), ("desc_mode", ctypes.c_uint32)]
+_TAIL = [
+    ("group", _I32),
+    ("num_k_blocks", _I32),
+    ("sm_scale_log2", ctypes.c_float),
+    ("neox", _I32),
+    ("causal", _I32),
+    ("desc_mode", ctypes.c_uint32),
+]
 
 
 class AttnParams(ctypes.Structure):  # current kernel.cuh
-    _fields_ = [(n, _PTR) for n in ("q", "k_pool", "v_pool", "out", "stages", "qo_indptr", "kv_lens", "kblk_indptr",
-                                     "qblk_seq", "qblk_start")] + [
-        (n, _I64) for n in ("q_stride_tok", "q_stride_head", "o_stride_tok", "o_stride_head")] + _TAIL
+    _fields_ = (
+        [
+            (n, _PTR)
+            for n in (
+                "q",
+                "k_pool",
+                "v_pool",
+                "out",
+                "stages",
+                "qo_indptr",
+                "kv_lens",
+                "kblk_indptr",
+                "qblk_seq",
+                "qblk_start",
+            )
+        ]
+        + [(n, _I64) for n in ("q_stride_tok", "q_stride_head", "o_stride_tok", "o_stride_head")]
+        + _TAIL
+    )
 
 
 class PackParams(ctypes.Structure):
-    _fields_ = [(n, _PTR) for n in ("k_pool", "v_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq",
-                                     "kblk_start", "stages")] + [
-        (n, _I64) for n in ("k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head")] + [
-        ("num_k_blocks", _I32), ("neox", _I32)]
+    _fields_ = (
+        [
+            (n, _PTR)
+            for n in ("k_pool", "v_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start", "stages")
+        ]
+        + [(n, _I64) for n in ("k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head")]
+        + [("num_k_blocks", _I32), ("neox", _I32)]
+    )
 
 
 class V1AttnParams(ctypes.Structure):  # v1/: cp.async gather producer
-    _fields_ = [(n, _PTR) for n in ("q", "k_pool", "v_pool", "out", "slot_table", "slot_row_off", "k8", "ks",
-                                     "qo_indptr", "kv_lens", "kblk_indptr", "qblk_seq", "qblk_start")] + [
-        (n, _I64) for n in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok",
-                            "v_stride_head", "o_stride_tok", "o_stride_head")] + _TAIL
+    _fields_ = (
+        [
+            (n, _PTR)
+            for n in (
+                "q",
+                "k_pool",
+                "v_pool",
+                "out",
+                "slot_table",
+                "slot_row_off",
+                "k8",
+                "ks",
+                "qo_indptr",
+                "kv_lens",
+                "kblk_indptr",
+                "qblk_seq",
+                "qblk_start",
+            )
+        ]
+        + [
+            (n, _I64)
+            for n in (
+                "q_stride_tok",
+                "q_stride_head",
+                "k_stride_tok",
+                "k_stride_head",
+                "v_stride_tok",
+                "v_stride_head",
+                "o_stride_tok",
+                "o_stride_head",
+            )
+        ]
+        + _TAIL
+    )
 
 
 class V1PackParams(ctypes.Structure):
-    _fields_ = [(n, _PTR) for n in ("k_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start",
-                                     "k8", "ks")] + [
-        ("k_stride_tok", _I64), ("k_stride_head", _I64), ("num_k_blocks", _I32), ("neox", _I32)]
+    _fields_ = [
+        (n, _PTR) for n in ("k_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start", "k8", "ks")
+    ] + [("k_stride_tok", _I64), ("k_stride_head", _I64), ("num_k_blocks", _I32), ("neox", _I32)]
 
 
 def stage_bytes(d: int) -> int:
@@ -120,11 +188,14 @@ class Sm90:
         nkb = plan.num_k_blocks
         if self.version != "v1":
             return (torch.empty((hkv, nkb, stage_bytes(d)), dtype=torch.uint8, device=device),)
-        return (torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=device),
-                torch.empty((hkv, nkb * BN), dtype=torch.float32, device=device))
+        return (
+            torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=device),
+            torch.empty((hkv, nkb * BN), dtype=torch.float32, device=device),
+        )
 
-    def forward(self, q, k_pool, v_pool, plan, slot_table, row_off, sm_scale, neox=True, causal=True, out=None,
-                bufs=None):
+    def forward(
+        self, q, k_pool, v_pool, plan, slot_table, row_off, sm_scale, neox=True, causal=True, out=None, bufs=None
+    ):
         import torch
 
         d = q.shape[-1]
@@ -137,26 +208,81 @@ class Sm90:
         dt = 0 if q.dtype == torch.bfloat16 else 1
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         sl2 = sm_scale * 1.4426950408889634
-        common = (plan.qo_indptr.data_ptr(), plan.kv_lens.data_ptr(), plan.kblk_indptr.data_ptr(),
-                  plan.qblk_seq.data_ptr(), plan.qblk_start.data_ptr())
+        common = (
+            plan.qo_indptr.data_ptr(),
+            plan.kv_lens.data_ptr(),
+            plan.kblk_indptr.data_ptr(),
+            plan.qblk_seq.data_ptr(),
+            plan.qblk_start.data_ptr(),
+        )
         tail = (hq // hkv, nkb, sl2, int(neox), int(causal), self.desc_mode)
         if self.version != "v1":
             (img,) = bufs
-            pp = PackParams(k_pool.data_ptr(), v_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(),
-                            plan.kv_lens.data_ptr(), plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(),
-                            img.data_ptr(), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
-                            nkb, int(neox))
-            ap = AttnParams(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(), img.data_ptr(),
-                            *common, q.stride(0), q.stride(1), out.stride(0), out.stride(1), *tail)
+            pp = PackParams(
+                k_pool.data_ptr(),
+                v_pool.data_ptr(),
+                slot_table.data_ptr(),
+                row_off.data_ptr(),
+                plan.kv_lens.data_ptr(),
+                plan.kblk_seq.data_ptr(),
+                plan.kblk_start.data_ptr(),
+                img.data_ptr(),
+                k_pool.stride(0),
+                k_pool.stride(1),
+                v_pool.stride(0),
+                v_pool.stride(1),
+                nkb,
+                int(neox),
+            )
+            ap = AttnParams(
+                q.data_ptr(),
+                k_pool.data_ptr(),
+                v_pool.data_ptr(),
+                out.data_ptr(),
+                img.data_ptr(),
+                *common,
+                q.stride(0),
+                q.stride(1),
+                out.stride(0),
+                out.stride(1),
+                *tail,
+            )
         else:
             k8, ks = bufs
-            pp = V1PackParams(k_pool.data_ptr(), slot_table.data_ptr(), row_off.data_ptr(), plan.kv_lens.data_ptr(),
-                              plan.kblk_seq.data_ptr(), plan.kblk_start.data_ptr(), k8.data_ptr(), ks.data_ptr(),
-                              k_pool.stride(0), k_pool.stride(1), nkb, int(neox))
-            ap = V1AttnParams(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(),
-                              slot_table.data_ptr(), row_off.data_ptr(), k8.data_ptr(), ks.data_ptr(), *common,
-                              q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0),
-                              v_pool.stride(1), out.stride(0), out.stride(1), *tail)
+            pp = V1PackParams(
+                k_pool.data_ptr(),
+                slot_table.data_ptr(),
+                row_off.data_ptr(),
+                plan.kv_lens.data_ptr(),
+                plan.kblk_seq.data_ptr(),
+                plan.kblk_start.data_ptr(),
+                k8.data_ptr(),
+                ks.data_ptr(),
+                k_pool.stride(0),
+                k_pool.stride(1),
+                nkb,
+                int(neox),
+            )
+            ap = V1AttnParams(
+                q.data_ptr(),
+                k_pool.data_ptr(),
+                v_pool.data_ptr(),
+                out.data_ptr(),
+                slot_table.data_ptr(),
+                row_off.data_ptr(),
+                k8.data_ptr(),
+                ks.data_ptr(),
+                *common,
+                q.stride(0),
+                q.stride(1),
+                k_pool.stride(0),
+                k_pool.stride(1),
+                v_pool.stride(0),
+                v_pool.stride(1),
+                out.stride(0),
+                out.stride(1),
+                *tail,
+            )
         rc = self.lib.sage_sm90_pack(ctypes.byref(pp), d, dt, nkb, hkv, stream)
         if rc != 0:
             raise RuntimeError(f"pack launch failed: {rc}")
@@ -185,8 +311,14 @@ def part_gemm(lib: Sm90, out_dir: Path) -> dict:
     res = {}
     dev = "cuda"
     cases = [  # which, kind, ks, n, swap bit
-        (0, "s8", 2, 128, 1), (1, "s8", 1, 128, 1), (2, "qk16", 4, 128, 2), (3, "qk16", 2, 128, 2),
-        (4, "pv", 8, 128, 4), (5, "pv", 8, 64, 4), (6, "s8", 2, 128, 1), (7, "qk16", 4, 128, 2),
+        (0, "s8", 2, 128, 1),
+        (1, "s8", 1, 128, 1),
+        (2, "qk16", 4, 128, 2),
+        (3, "qk16", 2, 128, 2),
+        (4, "pv", 8, 128, 4),
+        (5, "pv", 8, 64, 4),
+        (6, "s8", 2, 128, 1),
+        (7, "qk16", 4, 128, 2),
     ]
     for which, kind, ks, n, bit in cases:
         for swap in (0, bit):
@@ -206,8 +338,13 @@ def part_gemm(lib: Sm90, out_dir: Path) -> dict:
                 b = torch.randn(16 * ks, n, device=dev).bfloat16()  # V: keys x channels
                 d = torch.zeros(64, n, dtype=torch.float32, device=dev)
                 ref = a.double().cpu() @ b.double().cpu()
-            rc = lib.lib.sage_sm90_test_gemm(which, ctypes.c_void_p(a.data_ptr()), ctypes.c_void_p(b.data_ptr()),
-                                             ctypes.c_void_p(d.data_ptr()), ctypes.c_uint32(swap))
+            rc = lib.lib.sage_sm90_test_gemm(
+                which,
+                ctypes.c_void_p(a.data_ptr()),
+                ctypes.c_void_p(b.data_ptr()),
+                ctypes.c_void_p(d.data_ptr()),
+                ctypes.c_uint32(swap),
+            )
             if rc != 0:
                 res[name] = {"rc": rc, "ok": False}
                 continue
@@ -257,8 +394,16 @@ def make_problem(hq, hkv, d, q_lens, prefixes, seed=0, k_bias=2.0, dtype=None):
     for n in kv_lens:
         kv_indptr.append(kv_indptr[-1] + n)
     row_off = torch.tensor(kv_indptr[:-1], dtype=torch.int64, device="cuda")
-    return {"q": q, "k_pool": k_pool, "v_pool": v_pool, "slots": slots, "row_off": row_off, "q_lens": q_lens,
-            "kv_lens": kv_lens, "kv_indptr": kv_indptr}
+    return {
+        "q": q,
+        "k_pool": k_pool,
+        "v_pool": v_pool,
+        "slots": slots,
+        "row_off": row_off,
+        "q_lens": q_lens,
+        "kv_lens": kv_lens,
+        "kv_indptr": kv_indptr,
+    }
 
 
 def reference(prob, sm_scale, rows_per_seq=None):
@@ -271,22 +416,29 @@ def reference(prob, sm_scale, rows_per_seq=None):
     out = {}
     q0 = 0
     for b, (ql, kl) in enumerate(zip(prob["q_lens"], prob["kv_lens"])):
-        sl = slots[prob["kv_indptr"][b]:prob["kv_indptr"][b] + kl].long()
+        sl = slots[prob["kv_indptr"][b] : prob["kv_indptr"][b] + kl].long()
         kk = kp[sl].double()  # [L, Hkv, D]
         vv = vp[sl].double()
         rows = torch.arange(ql, device="cuda")
         if rows_per_seq and ql > rows_per_seq:
-            rows = torch.unique(torch.cat([rows[:rows_per_seq // 4], rows[-rows_per_seq // 4:],
-                                           torch.linspace(0, ql - 1, rows_per_seq // 2, device="cuda").long()]))
+            rows = torch.unique(
+                torch.cat(
+                    [
+                        rows[: rows_per_seq // 4],
+                        rows[-rows_per_seq // 4 :],
+                        torch.linspace(0, ql - 1, rows_per_seq // 2, device="cuda").long(),
+                    ]
+                )
+            )
         qq = q[q0 + rows].double()  # [R, Hq, D]
         pos = rows + (kl - ql)
         mask = torch.arange(kl, device="cuda")[None, :] > pos[:, None]
         o = torch.empty(len(rows), hq, q.shape[2], dtype=torch.float64, device="cuda")
         for h in range(hkv):
-            qh = qq[:, h * grp:(h + 1) * grp].transpose(0, 1)
+            qh = qq[:, h * grp : (h + 1) * grp].transpose(0, 1)
             s = qh @ kk[:, h].t() * sm_scale
             s.masked_fill_(mask[None], float("-inf"))
-            o[:, h * grp:(h + 1) * grp] = (s.softmax(-1) @ vv[:, h]).transpose(0, 1)
+            o[:, h * grp : (h + 1) * grp] = (s.softmax(-1) @ vv[:, h]).transpose(0, 1)
         out[b] = (rows, o, q0)
         q0 += ql
     return out
@@ -296,7 +448,7 @@ def metrics(out, ref):
     import torch
 
     got, want = [], []
-    for b, (rows, o, q0) in ref.items():
+    for rows, o, q0 in ref.values():
         got.append(out[q0 + rows].double())
         want.append(o)
     a, r = torch.cat(got).flatten(), torch.cat(want).flatten()
@@ -325,8 +477,14 @@ def run_triton(tk, prob, sm_scale):
     for n in prob["q_lens"]:
         qo.append(qo[-1] + n)
     return tk.sage_extend_attention(
-        prob["q"], prob["k_pool"], prob["v_pool"], torch.tensor(qo, dtype=torch.int32, device="cuda"),
-        torch.tensor(prob["kv_indptr"], dtype=torch.int32, device="cuda"), prob["slots"], sm_scale=sm_scale)
+        prob["q"],
+        prob["k_pool"],
+        prob["v_pool"],
+        torch.tensor(qo, dtype=torch.int32, device="cuda"),
+        torch.tensor(prob["kv_indptr"], dtype=torch.int32, device="cuda"),
+        prob["slots"],
+        sm_scale=sm_scale,
+    )
 
 
 def part_attn(lib: Sm90, out_dir: Path, small: bool = False) -> dict:
@@ -334,14 +492,18 @@ def part_attn(lib: Sm90, out_dir: Path, small: bool = False) -> dict:
 
     tk = None if small else triton_reference_kernel()
     res = {}
-    cases = [("small", 8, 2, 128, [130, 3], [0, 200])] if small else [
-        ("d128_single", 32, 8, 128, [1000], [0]),
-        ("d128_ragged", 32, 8, 128, [300, 1, 129, 700, 64], [0, 500, 37, 2000, 63]),
-        ("d64_ragged", 9, 3, 64, [300, 1, 129, 700, 64], [0, 500, 37, 2000, 63]),
-        ("d128_4k", 32, 8, 128, [4096], [0]),
-        ("d64_4k", 9, 3, 64, [4096], [0]),
-        ("d128_mha", 8, 8, 128, [517], [1200]),
-    ]
+    cases = (
+        [("small", 8, 2, 128, [130, 3], [0, 200])]
+        if small
+        else [
+            ("d128_single", 32, 8, 128, [1000], [0]),
+            ("d128_ragged", 32, 8, 128, [300, 1, 129, 700, 64], [0, 500, 37, 2000, 63]),
+            ("d64_ragged", 9, 3, 64, [300, 1, 129, 700, 64], [0, 500, 37, 2000, 63]),
+            ("d128_4k", 32, 8, 128, [4096], [0]),
+            ("d64_4k", 9, 3, 64, [4096], [0]),
+            ("d128_mha", 8, 8, 128, [517], [1200]),
+        ]
+    )
     for name, hq, hkv, d, ql, pf in cases:
         for dtype in (torch.bfloat16, torch.float16):
             key = f"{name}_{'bf16' if dtype == torch.bfloat16 else 'fp16'}"
@@ -350,8 +512,9 @@ def part_attn(lib: Sm90, out_dir: Path, small: bool = False) -> dict:
                 sm = 1.0 / math.sqrt(d)
                 plan = lib.plan(prob["q_lens"], prob["kv_lens"], "cuda")
                 out = torch.full_like(prob["q"], float("nan"))
-                lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], plan, prob["slots"], prob["row_off"], sm,
-                            out=out)
+                lib.forward(
+                    prob["q"], prob["k_pool"], prob["v_pool"], plan, prob["slots"], prob["row_off"], sm, out=out
+                )
                 torch.cuda.synchronize()
                 ref = reference(prob, sm, rows_per_seq=512)
                 entry = {"sm90": metrics(out, ref), "unwritten_or_nan": int(torch.isnan(out).sum())}
@@ -371,23 +534,31 @@ def part_cut(lib: Sm90, out_dir: Path) -> dict:
 
     res = {}
     L = 3001
-    import torch
 
     for hq, hkv, d, dt in ((32, 8, 128, torch.bfloat16), (9, 3, 64, torch.bfloat16), (32, 8, 128, torch.float16)):
         prob = make_problem(hq, hkv, d, [L], [0], seed=7, dtype=dt)
         sm = 1.0 / math.sqrt(d)
-        full = lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], lib.plan([L], [L], "cuda"), prob["slots"],
-                           prob["row_off"], sm)
-        again = lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], lib.plan([L], [L], "cuda"), prob["slots"],
-                            prob["row_off"], sm)
+        full = lib.forward(
+            prob["q"], prob["k_pool"], prob["v_pool"], lib.plan([L], [L], "cuda"), prob["slots"], prob["row_off"], sm
+        )
+        again = lib.forward(
+            prob["q"], prob["k_pool"], prob["v_pool"], lib.plan([L], [L], "cuda"), prob["slots"], prob["row_off"], sm
+        )
         res[f"d{d}_{str(dt)[6:]}_deterministic"] = bool(torch.equal(full, again))
         for cuts in ([777], [130, 2500], [1000, 2000], list(range(64, L, 64)), [1500, 1501]):
             bounds = [0] + cuts + [L]
             ok, mism, rows = True, 0, []
             for a, b in zip(bounds[:-1], bounds[1:]):
                 q = prob["q"][a:b].contiguous()
-                o = lib.forward(q, prob["k_pool"], prob["v_pool"], lib.plan([b - a], [b], "cuda"), prob["slots"],
-                                prob["row_off"], sm)
+                o = lib.forward(
+                    q,
+                    prob["k_pool"],
+                    prob["v_pool"],
+                    lib.plan([b - a], [b], "cuda"),
+                    prob["slots"],
+                    prob["row_off"],
+                    sm,
+                )
                 eq = torch.equal(o, full[a:b])
                 if not eq:
                     ok = False
@@ -409,8 +580,13 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
 
     tk = triton_reference_kernel()
     res = {}
-    for L, pfrac, hq, hkv, d in ((4096, 0, 32, 8, 128), (16384, 0, 32, 8, 128), (32768, 0, 32, 8, 128),
-                                 (32768, 0.5, 32, 8, 128), (16384, 0, 9, 3, 64)):
+    for L, pfrac, hq, hkv, d in (
+        (4096, 0, 32, 8, 128),
+        (16384, 0, 32, 8, 128),
+        (32768, 0, 32, 8, 128),
+        (32768, 0.5, 32, 8, 128),
+        (16384, 0, 9, 3, 64),
+    ):
         p = int(L * pfrac)
         lq = L - p
         key = f"L{L}_p{p}_h{hq}x{hkv}_d{d}"
@@ -423,8 +599,17 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
             out = torch.empty_like(prob["q"])
 
             def sm90():
-                return lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], plan, prob["slots"], prob["row_off"],
-                                   sm, out=out, bufs=bufs)
+                return lib.forward(
+                    prob["q"],
+                    prob["k_pool"],
+                    prob["v_pool"],
+                    plan,
+                    prob["slots"],
+                    prob["row_off"],
+                    sm,
+                    out=out,
+                    bufs=bufs,
+                )
 
             flops = 4.0 * hq * d * (lq * p + lq * (lq + 1) / 2)
             entry["sm90_ms"] = triton.testing.do_bench(sm90, warmup=50, rep=200, return_mode="median")
@@ -436,7 +621,10 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
                 with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                     entry["cudnn_ms"] = triton.testing.do_bench(
                         lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=sm),
-                        warmup=50, rep=200, return_mode="median")
+                        warmup=50,
+                        rep=200,
+                        return_mode="median",
+                    )
             else:
                 from torch.nn.attention.bias import causal_lower_right
 
@@ -444,14 +632,17 @@ def part_bench(lib: Sm90, out_dir: Path) -> dict:
                 with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
                     entry["flash_lower_right_ms"] = triton.testing.do_bench(
                         lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=sm),
-                        warmup=50, rep=200, return_mode="median")
+                        warmup=50,
+                        rep=200,
+                        return_mode="median",
+                    )
             if tk is not None:
-                entry["triton_sage_ms"] = triton.testing.do_bench(lambda: run_triton(tk, prob, sm), warmup=50,
-                                                                  rep=200, return_mode="median")
+                entry["triton_sage_ms"] = triton.testing.do_bench(
+                    lambda: run_triton(tk, prob, sm), warmup=50, rep=200, return_mode="median"
+                )
             entry["tflops_sm90"] = flops / entry["sm90_ms"] / 1e9
             if "cudnn_ms" in entry:
                 entry["speedup_vs_cudnn"] = entry["cudnn_ms"] / entry["sm90_ms"]
-            del kd, vd, qd
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {exc}"
         res[key] = entry
@@ -471,8 +662,17 @@ def part_profile(lib: Sm90, out_dir: Path) -> None:
     bufs = lib.scratch(plan, 8, 128)
     out = torch.empty_like(prob["q"])
     for _ in range(5):
-        lib.forward(prob["q"], prob["k_pool"], prob["v_pool"], plan, prob["slots"], prob["row_off"],
-                    1.0 / math.sqrt(128), out=out, bufs=bufs)
+        lib.forward(
+            prob["q"],
+            prob["k_pool"],
+            prob["v_pool"],
+            plan,
+            prob["slots"],
+            prob["row_off"],
+            1.0 / math.sqrt(128),
+            out=out,
+            bufs=bufs,
+        )
     torch.cuda.synchronize()
 
 
@@ -515,8 +715,19 @@ def main() -> None:
             for v in versions:
                 if part == "gemm" and v != versions[0]:
                     continue
-                cmd = [sys.executable, __file__, part, "--out", str(out_dir), "--so", str(libs[v]), "--version", v,
-                       "--desc-mode", str(mode)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    part,
+                    "--out",
+                    str(out_dir),
+                    "--so",
+                    str(libs[v]),
+                    "--version",
+                    v,
+                    "--desc-mode",
+                    str(mode),
+                ]
                 t0 = time.time()
                 try:
                     r = subprocess.run(cmd, timeout=budgets[part])
@@ -530,8 +741,22 @@ def main() -> None:
                     record(out_dir, "desc_mode", {"mode": mode, "notes": notes})
                     print("desc_mode", mode, notes)
                 if part == "attn" and v == "v3" and not attn_ok(out_dir):
-                    san = ["compute-sanitizer", "--tool", "memcheck", sys.executable, __file__, "attn_small",
-                           "--out", str(out_dir), "--so", str(libs[v]), "--version", v, "--desc-mode", str(mode)]
+                    san = [
+                        "compute-sanitizer",
+                        "--tool",
+                        "memcheck",
+                        sys.executable,
+                        __file__,
+                        "attn_small",
+                        "--out",
+                        str(out_dir),
+                        "--so",
+                        str(libs[v]),
+                        "--version",
+                        v,
+                        "--desc-mode",
+                        str(mode),
+                    ]
                     try:
                         r = subprocess.run(san, timeout=120, capture_output=True, text=True)
                         (out_dir / "sanitizer.log").write_text(r.stdout + r.stderr)
@@ -540,16 +765,55 @@ def main() -> None:
                         print("SANITIZER: timeout")
         if args.ncu:
             v = versions[0]
-            ncu = ["ncu", "--clock-control", "none", "--section", "SpeedOfLight", "--section", "WarpStateStats",
-                   "--section", "SchedulerStats", "--section", "ComputeWorkloadAnalysis", "--section",
-                   "LaunchStats", "-k", "regex:sage_attn_sm90", "--launch-skip", "2", "--launch-count", "1",
-                   sys.executable, __file__, "profile", "--out", str(out_dir), "--so", str(libs[v]), "--version", v]
+            ncu = [
+                "ncu",
+                "--clock-control",
+                "none",
+                "--section",
+                "SpeedOfLight",
+                "--section",
+                "WarpStateStats",
+                "--section",
+                "SchedulerStats",
+                "--section",
+                "ComputeWorkloadAnalysis",
+                "--section",
+                "LaunchStats",
+                "-k",
+                "regex:sage_attn_sm90",
+                "--launch-skip",
+                "2",
+                "--launch-count",
+                "1",
+                sys.executable,
+                __file__,
+                "profile",
+                "--out",
+                str(out_dir),
+                "--so",
+                str(libs[v]),
+                "--version",
+                v,
+            ]
             try:
                 r = subprocess.run(ncu, timeout=150, capture_output=True, text=True)
                 (out_dir / f"ncu_{v}.txt").write_text(r.stdout + r.stderr)
-                keep = ("Duration", "Throughput", "Issue", "Eligible", "Active Warps", "Stall", "Registers",
-                        "Executed Ipc", "Pipe", "No Eligible", "One or More")
-                print("NCU:\n" + "\n".join(ln for ln in (r.stdout + r.stderr).splitlines() if any(k in ln for k in keep)))
+                keep = (
+                    "Duration",
+                    "Throughput",
+                    "Issue",
+                    "Eligible",
+                    "Active Warps",
+                    "Stall",
+                    "Registers",
+                    "Executed Ipc",
+                    "Pipe",
+                    "No Eligible",
+                    "One or More",
+                )
+                print(
+                    "NCU:\n" + "\n".join(ln for ln in (r.stdout + r.stderr).splitlines() if any(k in ln for k in keep))
+                )
                 summary["ncu"] = f"rc={r.returncode}"
             except subprocess.TimeoutExpired:
                 summary["ncu"] = "TIMEOUT"
