@@ -76,12 +76,9 @@ def _default_decode_backend() -> str:
 
 
 def _resolved_decode_backend(model_runner: ModelRunner) -> str:
-    """The decode backend SGLang resolved (version-neutral: 0.5.23 stamps it on the runner before
-    building backends and dropped ServerArgs.get_attention_backends; 0.5.8/0.5.17 have the method).
-    """
-    name = getattr(model_runner, "decode_attention_backend_str", None)
-    if name:
-        return name
+    """The decode backend SGLang resolved for this runner (SGLang 0.5.17's API; releases that
+    resolve it elsewhere adapt this function in their overlay patch, see
+    docs/sglang-api-differences.md)."""
     return model_runner.server_args.get_attention_backends()[1]
 
 
