@@ -1182,6 +1182,17 @@ def first_diff(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+async def flush_cache(ep: Endpoint, tries: int = 10) -> bool:
+    """Empty the radix cache; SGLang refuses (400) while a request is still being finished, so retry."""
+    for _ in range(tries):
+        with contextlib.suppress(TransportError, asyncio.TimeoutError):
+            st, _ = await http_json(ep, "POST", "/flush_cache?timeout=5", timeout=30)
+            if st == 200:
+                return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def phase_answers(ctx: Ctx, server: Server, rec: dict[str, Any], save: Callable[[], None]) -> None:
     """Replay a greedy sample one request at a time (cache flushed first unless --replay-cache keep)
     and count the answers identical to the same request's answer under load."""
@@ -1209,11 +1220,8 @@ async def phase_answers(ctx: Ctx, server: Server, rec: dict[str, Any], save: Cal
         if spec.rid not in loaded:
             res["missing_under_load"] += 1
             continue
-        if a.replay_cache == "flush":
-            with contextlib.suppress(TransportError, asyncio.TimeoutError):
-                st, _ = await http_json(ep, "POST", "/flush_cache", timeout=30)
-                if st != 200:
-                    res["flush_failures"] += 1
+        if a.replay_cache == "flush" and not await flush_cache(ep):
+            res["flush_failures"] += 1
         o = await run_one(ep, spec, a.request_timeout_s, a.ignore_eos, stream=False, cancel=False)
         if o.kind != OK or o.output_ids is None:
             res["replay_errors"] += 1
@@ -1482,6 +1490,17 @@ def _target(name: str, status: str, value: Any, detail: str, threshold: Any = No
     }
 
 
+def paired_answers(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """On the replays both backends compared (the same seeded sample): how many only one got identical.
+    A paired count says more than two shares of ~50 samples each when the verdict is close."""
+    da = {x["rid"]: x.get("first_diff") is None for x in a.get("items", []) if "first_diff" in x}
+    db = {x["rid"]: x.get("first_diff") is None for x in b.get("items", []) if "first_diff" in x}
+    common = set(da) & set(db)
+    only_a = sum(da[r] and not db[r] for r in common)
+    only_b = sum(db[r] and not da[r] for r in common)
+    return f"paired on {len(common)}: identical only with sage {only_a}, only with the baseline {only_b}"
+
+
 def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The criteria of issue #17 for ``sage_attn`` (PASS/FAIL/N/A; N/A is never a pass)."""
     by = {r.get("backend"): r for r in doc.get("results", [])}
@@ -1543,7 +1562,7 @@ def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "PASS" if sc >= sb else "FAIL",
                 sc,
                 f"{ca['identical']}/{ca['compared']} = {sc:.3f} vs {base_name} "
-                f"{ba['identical']}/{ba['compared']} = {sb:.3f}",
+                f"{ba['identical']}/{ba['compared']} = {sb:.3f}; {paired_answers(ca, ba)}",
                 sb,
             )
         )

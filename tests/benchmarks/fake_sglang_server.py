@@ -185,7 +185,7 @@ async def handle(fake: Fake, reader: asyncio.StreamReader, writer: asyncio.Strea
             respond(writer, 200, b"")
         elif path.startswith("/v1/loads"):
             respond(writer, 200, {"loads": [{"dp_rank": 0, "num_running_reqs": fake.running, "num_waiting_reqs": 0}]})
-        elif path == "/flush_cache":
+        elif path.startswith("/flush_cache"):
             respond(writer, 200, b"Cache flushed.")
         elif path == "/tokenize":
             text = json.loads(body).get("prompt", "")

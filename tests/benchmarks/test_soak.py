@@ -355,6 +355,26 @@ def test_targets_pass_and_fail_as_specified() -> None:
     assert {x["status"] for x in t} == {"N/A"}
 
 
+def test_paired_answer_counts() -> None:
+    a = {
+        "items": [
+            {"rid": 1, "first_diff": None},
+            {"rid": 2, "first_diff": 3},
+            {"rid": 3, "first_diff": None},
+            {"rid": 4, "error": "timeout"},
+        ]
+    }
+    b = {
+        "items": [
+            {"rid": 1, "first_diff": 7},
+            {"rid": 2, "first_diff": None},
+            {"rid": 3, "first_diff": None},
+            {"rid": 4, "first_diff": None},
+        ]
+    }
+    assert S.paired_answers(a, b) == "paired on 3: identical only with sage 1, only with the baseline 1"
+
+
 def test_markdown_report(tmp_path: Path) -> None:
     doc = _doc(_rec("sage_attn", 0.75, 960.0), _rec("flashinfer", 0.5, 1000.0))
     doc["results"][0]["faults"]["bad"]["cases"] = [
@@ -452,7 +472,7 @@ def test_soak_end_to_end_with_well_behaved_servers(tmp_path: Path) -> None:
     for r in by.values():
         assert r["status"] == "ok", r.get("errors")
         assert r["load"]["sent"] == 60 and r["load"]["lost"] == 0 and r["load"]["complete"]
-        assert r["answers"]["compared"] == 8
+        assert r["answers"]["compared"] == 8 and r["answers"]["flush_failures"] == 0
         assert r["faults"]["kill"]["client_in_flight_at_kill"] > 0
     t = {x["target"]: x["status"] for x in doc["targets"]}
     for name, st in t.items():
