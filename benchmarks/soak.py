@@ -979,6 +979,8 @@ def build_server_cmd(args: argparse.Namespace, backend: str, port: int) -> list[
         "--cuda-graph-max-bs-decode",
         str(args.cuda_graph_max_bs),
     ]
+    if args.prefill_cuda_graph == "off":
+        cmd.append("--disable-prefill-cuda-graph")
     if args.enable_metrics:
         cmd.append("--enable-metrics")
     return cmd + shlex.split(args.server_args or "")
@@ -2005,6 +2007,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--cuda-graph-max-bs", type=int, default=None, help="decode CUDA graphs up to (default concurrency + 16)"
     )
+    ap.add_argument(
+        "--prefill-cuda-graph",
+        choices=("off", "default"),
+        default="off",
+        help="off (default, as bench_e2e.py): no prefill graph capture, which SGLang would redo at every start "
+        "and restart; default: SGLang's choice",
+    )
     ap.add_argument("--enable-metrics", action="store_true", help="pass --enable-metrics (adds a /metrics reading)")
     ap.add_argument("--server-args", default="", help="extra flags for every server (one string)")
     ap.add_argument(
@@ -2148,8 +2157,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError):
             signal.signal(sig, on_term)
+    rc = 0
     try:
         asyncio.run(amain(a, ctx))
+    except Exception as e:  # noqa: BLE001 - a bug here must still leave the partial results behind
+        rf.doc["notes"].append(f"soak.py itself failed: {_err(e)}")
+        log(f"[soak] INTERNAL ERROR: {_err(e)}")
+        rc = 1
     finally:
         done.set()
         kill_all()
@@ -2158,7 +2172,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in R.target_lines(rf.doc["targets"]):
         log("  " + line)
     log(f"[done] {rf.doc['total_wall_s']}s; results in {out_dir}/{a.stem}.{{json,md}}")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":
