@@ -72,7 +72,7 @@ sys.path.insert(1, str(REPO))
 import _results as R  # noqa: E402
 from bench_e2e import gpu_mem_used_mib, prepare_env  # noqa: E402
 
-from sglang_sage.stats import counter_delta, read_stats_detail  # noqa: E402
+from sglang_sage.counters import counter_delta, read_counters_detail  # noqa: E402
 from sglang_sage.verify import corpus as corpus_mod  # noqa: E402
 from sglang_sage.verify.procs import Proc, kill_all  # noqa: E402
 
@@ -863,7 +863,7 @@ async def fresh_counters(ep: Endpoint, stats_dir: Path) -> dict[str, Any]:
     with contextlib.suppress(TransportError, asyncio.TimeoutError):
         await tiny_generate(ep)
     await asyncio.sleep(0.05)
-    return read_stats_detail(stats_dir)
+    return read_counters_detail(stats_dir)
 
 
 # ================================================================================================
@@ -1485,6 +1485,7 @@ def _target(name: str, status: str, value: Any, detail: str, threshold: Any = No
     return {
         "target": name,
         "config": CANDIDATE,
+        "issue": 17,
         "status": status,
         "value": value,
         "threshold": threshold,
@@ -1789,7 +1790,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             )
         )
     targets = doc.get("targets") or evaluate_targets(doc)
-    parts.append("\n## Criteria (issue #17)\n\n```\n" + "\n".join(R.target_lines(targets)) + "\n```\n")
+    parts.append(R.targets_markdown(targets))
     notes = [f"- {x}" for x in doc.get("notes", [])]
     for r in doc.get("results", []):
         notes += [f"- {r.get('backend')}: {str(e)[:500]}" for e in r.get("errors", [])]
@@ -1797,6 +1798,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
             notes.append(f"- {r.get('backend')}: {k} skipped: {v}")
         if r.get("server_cmd"):
             notes.append(f"- {r.get('backend')} server: `{r['server_cmd']}`")
+        after = (r.get("sage_stats") or {}).get("after") or {}
+        if after.get("processes"):
+            notes.append(
+                f"- {r.get('backend')}: counter files of {after['processes']} scheduler process(es); prefill kernel "
+                f"{after.get('prefill_kernels') or '?'}, decode backend {after.get('decode_backends') or '?'}"
+            )
         m = r.get("gpu_mem") or {}
         if m.get("before_start_mib") is not None:
             notes.append(

@@ -386,7 +386,7 @@ def test_markdown_report(tmp_path: Path) -> None:
         "## Load",
         "## Answers",
         "## Faults",
-        "## Criteria (issue #17)",
+        "## Targets (issue #17): 9 of 9 PASS",
         "| sage_attn | ok |",
         "empty text",
         "PASS identical to a lone replay",
@@ -483,7 +483,7 @@ def test_soak_end_to_end_with_well_behaved_servers(tmp_path: Path) -> None:
     assert by["sage_attn"]["sage_stats"]["delta"]["prefill_8bit_batches"] > 0
     assert by["flashinfer"]["sage_stats"]["delta"]["prefill_8bit_batches"] == 0
     out = tmp_path / "out"
-    assert "## Criteria (issue #17)" in (out / "soak.md").read_text()
+    assert "## Targets (issue #17)" in (out / "soak.md").read_text()
     assert (out / "soak_server_logs.tgz").stat().st_size > 0
     assert "[criteria]" in doc["_stdout"]
 
@@ -532,7 +532,7 @@ def test_render_only_and_gpu_session_phase(tmp_path: Path) -> None:
     doc = _doc(_rec("sage_attn", 0.75, 960.0), _rec("flashinfer", 0.5, 1000.0))
     (tmp_path / "x.json").write_text(json.dumps(doc))
     assert S.main(["--render", str(tmp_path / "x.json")]) == 0
-    assert "## Criteria" in (tmp_path / "x.md").read_text()
+    assert "## Targets (issue #17)" in (tmp_path / "x.md").read_text()
     sh = (ROOT / "scripts" / "gpu_session.sh").read_text()
     assert "soak)" in sh and "benchmarks/soak.py" in sh
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_session.sh")]).returncode == 0
