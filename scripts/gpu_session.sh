@@ -26,10 +26,12 @@
 #   bash scripts/gpu_session.sh tp_test  # registered 2-GPU test test_sage_attn_tp.py, ~4-6 min;
 #                                        # SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run (~2-3 min)
 #   bash scripts/gpu_session.sh sm90     # site part only: sm90 JIT build, kernel test, engine smoke, 32K e2e
+#   bash scripts/gpu_session.sh soak     # benchmarks/soak.py: sage_attn vs flashinfer HTTP servers under load
+#                                        #   and faults (~7-9 min; SOAK_ARGS=--quick ~5-6 min); 4 files in $OUT
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test}"
+phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
 VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
 # shellcheck disable=SC2206
 VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
@@ -170,6 +172,14 @@ case "$phase" in
     else
       echo "no time left for e2e ($left s)"
     fi
+    ;;
+  soak)
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086 # SOAK_ARGS is a list of flags
+    timeout 585 python3 benchmarks/soak.py --out-root "$OUT" ${SOAK_ARGS:-} 2>&1 | tee "$OUT/soak.log" \
+      | grep -v -i warning | tail -70
+    ls -la "$OUT"/*/ 2>/dev/null
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac
