@@ -38,8 +38,9 @@ BN = 128
 BM = 128
 
 
-# v3 = the overlay's kernel; v2 = the previous version (kept to compare both in one call)
-KERNEL_DIRS = {"v3": CSRC, "v2": Path(__file__).with_name("v2")}
+# v3 = the overlay's kernel. To compare with another version in one call, add its header
+# directory here (e.g. a `git show <commit>:overlay/...` export) under a new name.
+KERNEL_DIRS = {"v3": CSRC}
 
 
 def build(out_dir: Path, version: str = "v3") -> Path:
@@ -120,49 +121,6 @@ class PackParams(ctypes.Structure):
     )
 
 
-class V1AttnParams(ctypes.Structure):  # v1/: cp.async gather producer
-    _fields_ = (
-        [
-            (n, _PTR)
-            for n in (
-                "q",
-                "k_pool",
-                "v_pool",
-                "out",
-                "slot_table",
-                "slot_row_off",
-                "k8",
-                "ks",
-                "qo_indptr",
-                "kv_lens",
-                "kblk_indptr",
-                "qblk_seq",
-                "qblk_start",
-            )
-        ]
-        + [
-            (n, _I64)
-            for n in (
-                "q_stride_tok",
-                "q_stride_head",
-                "k_stride_tok",
-                "k_stride_head",
-                "v_stride_tok",
-                "v_stride_head",
-                "o_stride_tok",
-                "o_stride_head",
-            )
-        ]
-        + _TAIL
-    )
-
-
-class V1PackParams(ctypes.Structure):
-    _fields_ = [
-        (n, _PTR) for n in ("k_pool", "slot_table", "slot_row_off", "kv_lens", "kblk_seq", "kblk_start", "k8", "ks")
-    ] + [("k_stride_tok", _I64), ("k_stride_head", _I64), ("num_k_blocks", _I32), ("neox", _I32)]
-
-
 def stage_bytes(d: int) -> int:
     dh = d // 2
     return BN * dh * 2 + BN * d * 2 + BN * dh + BN * 4
@@ -172,9 +130,8 @@ class Sm90:
     def __init__(self, so: Path, version: str = "v3"):
         self.lib = ctypes.CDLL(str(so))
         self.version = version
-        ap, pp = (V1AttnParams, V1PackParams) if version == "v1" else (AttnParams, PackParams)
-        assert self.lib.sage_sm90_sizeof_params(0) == ctypes.sizeof(ap), "AttnParams ABI"
-        assert self.lib.sage_sm90_sizeof_params(1) == ctypes.sizeof(pp), "PackParams ABI"
+        assert self.lib.sage_sm90_sizeof_params(0) == ctypes.sizeof(AttnParams), "AttnParams ABI"
+        assert self.lib.sage_sm90_sizeof_params(1) == ctypes.sizeof(PackParams), "PackParams ABI"
         self.desc_mode = 0
 
     def plan(self, q_lens, kv_lens, device, causal=True):
@@ -185,13 +142,7 @@ class Sm90:
     def scratch(self, plan, hkv, d, device="cuda"):
         import torch
 
-        nkb = plan.num_k_blocks
-        if self.version != "v1":
-            return (torch.empty((hkv, nkb, stage_bytes(d)), dtype=torch.uint8, device=device),)
-        return (
-            torch.empty((hkv, nkb, BN * d // 2), dtype=torch.int8, device=device),
-            torch.empty((hkv, nkb * BN), dtype=torch.float32, device=device),
-        )
+        return (torch.empty((hkv, plan.num_k_blocks, stage_bytes(d)), dtype=torch.uint8, device=device),)
 
     def forward(
         self, q, k_pool, v_pool, plan, slot_table, row_off, sm_scale, neox=True, causal=True, out=None, bufs=None
@@ -216,73 +167,36 @@ class Sm90:
             plan.qblk_start.data_ptr(),
         )
         tail = (hq // hkv, nkb, sl2, int(neox), int(causal), self.desc_mode)
-        if self.version != "v1":
-            (img,) = bufs
-            pp = PackParams(
-                k_pool.data_ptr(),
-                v_pool.data_ptr(),
-                slot_table.data_ptr(),
-                row_off.data_ptr(),
-                plan.kv_lens.data_ptr(),
-                plan.kblk_seq.data_ptr(),
-                plan.kblk_start.data_ptr(),
-                img.data_ptr(),
-                k_pool.stride(0),
-                k_pool.stride(1),
-                v_pool.stride(0),
-                v_pool.stride(1),
-                nkb,
-                int(neox),
-            )
-            ap = AttnParams(
-                q.data_ptr(),
-                k_pool.data_ptr(),
-                v_pool.data_ptr(),
-                out.data_ptr(),
-                img.data_ptr(),
-                *common,
-                q.stride(0),
-                q.stride(1),
-                out.stride(0),
-                out.stride(1),
-                *tail,
-            )
-        else:
-            k8, ks = bufs
-            pp = V1PackParams(
-                k_pool.data_ptr(),
-                slot_table.data_ptr(),
-                row_off.data_ptr(),
-                plan.kv_lens.data_ptr(),
-                plan.kblk_seq.data_ptr(),
-                plan.kblk_start.data_ptr(),
-                k8.data_ptr(),
-                ks.data_ptr(),
-                k_pool.stride(0),
-                k_pool.stride(1),
-                nkb,
-                int(neox),
-            )
-            ap = V1AttnParams(
-                q.data_ptr(),
-                k_pool.data_ptr(),
-                v_pool.data_ptr(),
-                out.data_ptr(),
-                slot_table.data_ptr(),
-                row_off.data_ptr(),
-                k8.data_ptr(),
-                ks.data_ptr(),
-                *common,
-                q.stride(0),
-                q.stride(1),
-                k_pool.stride(0),
-                k_pool.stride(1),
-                v_pool.stride(0),
-                v_pool.stride(1),
-                out.stride(0),
-                out.stride(1),
-                *tail,
-            )
+        (img,) = bufs
+        pp = PackParams(
+            k_pool.data_ptr(),
+            v_pool.data_ptr(),
+            slot_table.data_ptr(),
+            row_off.data_ptr(),
+            plan.kv_lens.data_ptr(),
+            plan.kblk_seq.data_ptr(),
+            plan.kblk_start.data_ptr(),
+            img.data_ptr(),
+            k_pool.stride(0),
+            k_pool.stride(1),
+            v_pool.stride(0),
+            v_pool.stride(1),
+            nkb,
+            int(neox),
+        )
+        ap = AttnParams(
+            q.data_ptr(),
+            k_pool.data_ptr(),
+            v_pool.data_ptr(),
+            out.data_ptr(),
+            img.data_ptr(),
+            *common,
+            q.stride(0),
+            q.stride(1),
+            out.stride(0),
+            out.stride(1),
+            *tail,
+        )
         rc = self.lib.sage_sm90_pack(ctypes.byref(pp), d, dt, nkb, hkv, stream)
         if rc != 0:
             raise RuntimeError(f"pack launch failed: {rc}")
