@@ -41,13 +41,31 @@ def run_fake(tmp_path: Path, *extra: str, env_extra: dict | None = None, weights
 
 
 def test_dummy_run_through_fake_sglang(tmp_path):
-    p, rep = run_fake(tmp_path, "--only", "runtime_flag,determinism,throughput,memory,perplexity")
+    # the fake's speeds are CPU noise, so the ratio bars are set to 0: the check then passes exactly when
+    # every (shape, batch) was measured on both backends, and fails on any row that was not
+    p, rep = run_fake(
+        tmp_path,
+        "--only",
+        "runtime_flag,determinism,throughput,memory,perplexity",
+        "--threshold",
+        "prefill_min_ratio=0",
+        "--threshold",
+        "decode_min_ratio=0",
+    )
     assert rep, p.stdout[-3000:] + p.stderr[-3000:]
     status = {c["id"]: c["status"] for c in rep["checks"]}
     assert status["runtime_flag"] == "pass", json.dumps(rep["checks"][0], indent=1)[:3000]
     assert status["determinism"] == "pass"
     assert status["perplexity"] == "n/a"  # dummy weights: never reported as pass
-    assert status["throughput"] in ("pass", "fail")  # measured (the fake's speeds mean nothing)
+    assert status["throughput"] == "pass"
+    tp = next(c for c in rep["checks"] if c["id"] == "throughput")
+    assert [c["name"].split(":")[0] for c in tp["criteria"]] == [
+        "prefill-heavy, batch 1",
+        "prefill-heavy, batch 32",
+        "decode-heavy, batch 1",
+        "decode-heavy, batch 32",
+    ]
+    assert all(c["passed"] is True and c["value"] > 0 and c["threshold"] == 0 for c in tp["criteria"]), tp
     assert status["memory"] == "fail"  # no NVML on CPU: "not measured" must fail, not pass
     assert rep["verdict"] == "fail" and p.returncode == 1
     assert rep["stages"]["baseline"]["status"] == "done" and rep["stages"]["sage"]["status"] == "done"
