@@ -69,7 +69,7 @@ class Transaction:
             if entry["op"] == "file":
                 data = (journal / entry["data"]).read_bytes() if entry.get("data") else None
                 tx._saved.setdefault(path, (data, entry.get("mode")))
-            elif entry["op"] == "mkdir":
+            elif entry["op"] == "mkdir" and path not in tx._removed_dirs:  # made again after removing: it stays
                 tx._created_dirs.append(path)
             elif entry["op"] == "rmdir":
                 tx._removed_dirs.append(path)

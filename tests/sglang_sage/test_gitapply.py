@@ -72,7 +72,7 @@ def checkout(tmp_path: Path) -> Path:
 
 def test_checkout_check_apply_reverse_and_include(checkout: Path, patch: Path) -> None:
     ga = GitApply(detect(checkout))
-    assert ga.prefix == "" and ga.layout.strip == 1
+    assert ga.layout.strip == 1 and "GIT_CEILING_DIRECTORIES" not in ga.env
     assert ga.check([patch]).ok
     assert not ga.check([patch], reverse=True).ok  # not applied yet
     result = ga.apply([patch], include=["python/sglang/mod.py"])
@@ -131,7 +131,7 @@ def test_checkout_in_a_subdirectory_of_another_repository(tmp_path: Path, patch:
     git(outer, "commit", "-qm", "base")
     layout = detect(outer / "vendor" / "sg")
     ga = GitApply(layout)
-    assert not layout.is_git and ga.prefix == "" and layout.strip == 1
+    assert not layout.is_git and layout.strip == 1
     assert ga.env["GIT_CEILING_DIRECTORIES"] == str(outer / "vendor")
     assert ga.apply([patch], include=["python/sglang/mod.py"]).ok
     assert (outer / "vendor/sg/python/sglang/mod.py").read_text() == "x = 1\ny = 3\n"
@@ -148,7 +148,7 @@ def test_source_tree_inside_another_repository(tmp_path: Path, patch: Path) -> N
     git(outer, "init", "-q")
     layout = detect(tree)
     ga = GitApply(layout)
-    assert ga.prefix == "" and layout.strip == 2
+    assert layout.strip == 2
     assert ga.env["GIT_CEILING_DIRECTORIES"] == str(tree.parent)
     assert ga._mapped("python/sglang/mod.py") == "sglang/mod.py"
     assert ga.apply([patch], include=["python/sglang/mod.py"]).ok
@@ -200,13 +200,6 @@ def test_git_missing_is_a_refusal(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     )
 
 
-def test_git_vanishing_after_lookup_is_a_refusal(checkout: Path, tmp_path: Path) -> None:
-    ga = GitApply(detect(checkout))
-    ga.executable = str(tmp_path / "no-such-git")
-    with pytest.raises(SageError, match="cannot run git"):
-        ga.run(["status"])
-
-
 def test_run_returns_output_without_raising(checkout: Path) -> None:
     ga = GitApply(detect(checkout))
     ok = ga.run(["rev-parse", "--show-toplevel"])
@@ -215,31 +208,17 @@ def test_run_returns_output_without_raising(checkout: Path) -> None:
     assert not bad.ok and bad.status == 1 and "no-such-command" in bad.stderr
 
 
-def test_checkout_seen_through_git_dir_of_an_enclosing_repository(
-    tmp_path: Path, patch: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_inherited_git_dir_does_not_redirect_a_checkout(
+    checkout: Path, tmp_path: Path, patch: Path, monkeypatch
 ) -> None:
-    """GIT_DIR/GIT_WORK_TREE set in the environment make git see DIR as a subdirectory of another work tree:
-    paths are then relative to that work tree (--show-prefix, --directory, --include); a name ending in X, too."""
+    """GIT_DIR/GIT_WORK_TREE of an outer repository (a hook, `git rebase -x`): DIR is still patched, and only DIR."""
     outer = tmp_path / "outer"
-    package(outer / "vendor" / "sgX" / "python")
+    outer.mkdir()
     git(outer, "init", "-q")
-    git(outer, "add", "-A")
-    git(outer, "commit", "-qm", "base")
-    (outer / "vendor" / "sgX" / ".git").mkdir()  # DIR looks like a checkout of its own
     monkeypatch.setenv("GIT_DIR", str(outer / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(outer))
-    ga = GitApply(detect(outer / "vendor" / "sgX"))
-    assert ga.prefix == "vendor/sgX/"
-    assert ga._apply_args([patch], check=True, reverse=False, three_way=False, include=["python/sglang/mod.py"]) == [
-        "apply",
-        "-p1",
-        "--whitespace=nowarn",
-        "--directory=vendor/sgX",
-        "--check",
-        "--include=vendor/sgX/python/sglang/mod.py",
-        str(patch),
-    ]
+    ga = GitApply(detect(checkout))
     assert ga.apply([patch], include=["python/sglang/mod.py"]).ok
-    assert (outer / "vendor/sgX/python/sglang/mod.py").read_text() == "x = 1\ny = 3\n"
-    assert (outer / "vendor/sgX/python/sglang/other.py").read_text() == "z = 1\n"
-    assert ga.dirty(["python/sglang/mod.py"]) == ["vendor/sgX/python/sglang/mod.py"]
+    assert (checkout / "python/sglang/mod.py").read_text() == "x = 1\ny = 3\n"
+    assert ga.dirty(["python/sglang/mod.py"]) == ["python/sglang/mod.py"]
+    assert ga.git_dir() == checkout / ".git"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from sglang_sage import errors as ec
-from sglang_sage.cli import main
+from sglang_sage.apply_cli import main
 
 PATCHED = ("sglang/srt/layers/attention/attention_registry.py", "sglang/srt/server_args.py")
 

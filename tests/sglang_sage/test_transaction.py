@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -241,3 +242,78 @@ def test_rollback_of_a_read_only_file_as_an_ordinary_user(tmp_path: Path) -> Non
     shutil.rmtree(work)
     Transaction().rollback()  # also in this process: mutmut learns from here which tests run rollback()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ----------------------------------------------------------------------------- the write-ahead journal
+
+
+def _changes(tx: Transaction, root: Path) -> None:
+    """The same mix of changes as test_rollback_restores_everything, plus a directory removed and made again."""
+    tx.write_bytes(root / "pkg" / "a.py", b"changed\n", 0o755)
+    tx.write_bytes(root / "new" / "deep" / "c.py", b"new\n")
+    tx.remove(root / "pkg" / "sub" / "b.py")
+    tx.remove_empty_dirs(root / "pkg" / "sub", root)
+    tx.write_bytes(root / "keep" / "x", b"x")
+    tx.remove(root / "keep" / "x")
+    tx.remove_empty_dirs(root / "keep", root)
+    tx.ensure_dir(root / "keep")
+
+
+def test_recover_rolls_back_what_a_killed_run_journaled(tree: Path, tmp_path: Path) -> None:
+    before = snapshot(tree)
+    journal = tmp_path / "state" / "run.journal"
+    tx = Transaction(journal=journal)
+    _changes(tx, tree)
+    assert journal.is_dir() and (journal / "entries.jsonl").is_file()
+    # the process dies here: nothing but the journal is left
+    assert Transaction.recover(journal) == 4  # files tracked: a.py, c.py, b.py, keep/x
+    assert snapshot(tree) == before and not journal.exists()
+
+
+def test_recover_ignores_a_last_entry_cut_short(tree: Path, tmp_path: Path) -> None:
+    before = snapshot(tree)
+    journal = tmp_path / "run.journal"
+    tx = Transaction(journal=journal)
+    tx.write_bytes(tree / "pkg" / "a.py", b"changed\n")
+    with (journal / "entries.jsonl").open("a") as fh:
+        fh.write('{"op": "file", "path": ')  # the kill came while this line was written
+    assert Transaction.recover(journal) == 1
+    assert snapshot(tree) == before
+
+
+def test_journal_is_dropped_on_commit_and_rollback(tmp_path: Path) -> None:
+    for end in ("commit", "rollback"):
+        journal = tmp_path / f"{end}.journal"
+        tx = Transaction(journal=journal)
+        tx.write_bytes(tmp_path / f"{end}.txt", b"x")
+        getattr(tx, end)()
+        assert not journal.exists()
+    assert (tmp_path / "commit.txt").exists() and not (tmp_path / "rollback.txt").exists()
+
+
+def test_an_existing_journal_must_be_recovered_first(tmp_path: Path) -> None:
+    journal = tmp_path / "run.journal"
+    journal.mkdir()
+    with pytest.raises(RuntimeError, match=f"^{journal}: a journal already exists; recover it first$"):
+        Transaction(journal=journal)
+
+
+def test_journal_keeps_the_bytes_before_the_change(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"orig")
+    f.chmod(0o640)
+    journal = tmp_path / "run.journal"
+    tx = Transaction(journal=journal)
+    tx.track(f)
+    tx.track(tmp_path / "absent")
+    tx.ensure_dir(tmp_path / "d")
+    tx.remove_empty_dirs(tmp_path / "d", tmp_path)
+    lines = [json.loads(x) for x in (journal / "entries.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"op": "file", "path": str(f), "mode": 0o640, "data": "000000.bin"},
+        {"op": "file", "path": str(tmp_path / "absent"), "mode": None},
+        {"op": "mkdir", "path": str(tmp_path / "d")},
+        {"op": "rmdir", "path": str(tmp_path / "d")},
+    ]
+    assert (journal / "000000.bin").read_bytes() == b"orig"
+    tx.commit()

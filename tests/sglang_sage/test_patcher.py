@@ -1,5 +1,5 @@
-"""engine.py on a miniature SGLang and patch set (fast: the mutation runs use it; test_cli.py does the same on
-the real 0.5.17 trees). A tiny release 9.9.9 with two patched files, a pyproject edit step and three overlay files."""
+"""patcher.py on a miniature SGLang and patch set (fast: the mutation runs use it; test_apply_cli.py does the
+same on the real 0.5.17 trees). A tiny release 9.9.9: two patched files, a pyproject edit step, three overlay files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_sage import engine
+from sglang_sage import patcher
 from sglang_sage.errors import APPLY_FAILED, REFUSED, SageError
 from sglang_sage.hashing import sha256_bytes
 from sglang_sage.manifest import Manifest
@@ -135,11 +135,11 @@ def tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return MAKERS[request.param](tmp_path / request.param)
 
 
-def target(world: dict[str, Path], root: Path, overlay: Path | None = None) -> engine.Target:
-    return engine.open_target(root, overlay or world["overlay"], world["patches"])
+def target(world: dict[str, Path], root: Path, overlay: Path | None = None) -> patcher.Target:
+    return patcher.open_target(root, overlay or world["overlay"], world["patches"])
 
 
-def states(report: engine.Report) -> dict[str, str]:
+def states(report: patcher.Report) -> dict[str, str]:
     return {i.path: i.state for i in report.items}
 
 
@@ -149,14 +149,14 @@ def states(report: engine.Report) -> dict[str, str]:
 def test_apply_status_revert_round_trip(world: dict[str, Path], tree: Path, digest) -> None:
     before = digest(tree)
     t = target(world, tree)
-    rep = engine.status(t)
-    assert rep.state == engine.PRISTINE and rep.command == "status" and rep.version == VERSION
+    rep = patcher.status(t)
+    assert rep.state == patcher.PRISTINE and rep.command == "status" and rep.version == VERSION
     assert rep.target == str(tree.resolve()) and rep.layout == t.layout.kind.value and rep.warnings == []
 
-    rep = engine.apply(t)
-    assert rep.state == engine.APPLIED and rep.message == f"applied sage_attn to {t.layout.root}"
+    rep = patcher.apply(t)
+    assert rep.state == patcher.APPLIED and rep.message == f"applied sage_attn to {t.layout.root}"
     assert rep.command == "apply" and rep.exit_code == 0
-    installed = t.layout.kind is engine.LayoutKind.INSTALLED
+    installed = t.layout.kind is patcher.LayoutKind.INSTALLED
     has_pyproject = not installed
     assert rep.actions == [
         "patched 2 file(s)",
@@ -172,8 +172,8 @@ def test_apply_status_revert_round_trip(world: dict[str, Path], tree: Path, dige
     assert (t.layout.pkg_root / "sglang/srt/deep/er/k.py").read_text() == "K = 2\n"
     mode = stat.S_IMODE((t.layout.pkg_root / "sglang/srt/sage.py").stat().st_mode)
     assert mode == 0o644
-    assert engine.status(t).state == engine.APPLIED
-    state = json.loads((t.state_dir() / engine.STATE_FILE).read_text())
+    assert patcher.status(t).state == patcher.APPLIED
+    state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
     assert state["version"] == VERSION
     if has_pyproject:
         text = t.disk("python/pyproject.toml").read_text()  # type: ignore[union-attr]
@@ -183,19 +183,19 @@ def test_apply_status_revert_round_trip(world: dict[str, Path], tree: Path, dige
     else:
         assert state["pyproject"] is None
 
-    again = engine.apply(target(world, tree))
+    again = patcher.apply(target(world, tree))
     assert again.message == f"already applied to {t.layout.root}; nothing changed" and again.actions == []
-    assert again.state == engine.APPLIED
+    assert again.state == patcher.APPLIED
 
-    rep = engine.revert(target(world, tree))
-    assert rep.state == engine.PRISTINE and rep.command == "revert"
+    rep = patcher.revert(target(world, tree))
+    assert rep.state == patcher.PRISTINE and rep.command == "revert"
     assert rep.message == f"reverted {t.layout.root} to pristine SGLang {VERSION} (pre-image pins verified)"
     assert rep.actions[0] == "reverted 2 patched file(s)"
     assert rep.actions[-1] == f"removed {2 if t.layout.repo_root is None else 3} overlay file(s)"
     assert digest(tree) == before  # byte-identical, nested overlay directories and the state dir gone
     assert not t.state_dir().exists()
 
-    rep = engine.revert(target(world, tree))
+    rep = patcher.revert(target(world, tree))
     assert rep.message == f"{t.layout.root} is already pristine; nothing changed" and rep.actions == []
 
 
@@ -211,7 +211,7 @@ def test_state_dir_per_layout(world: dict[str, Path], tmp_path: Path) -> None:
 def test_check_reports_what_apply_would_do_and_writes_nothing(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_checkout(tmp_path / "co")
     before = digest(root)
-    rep = engine.check(target(world, root))
+    rep = patcher.check(target(world, root))
     assert rep.command == "check" and rep.message == "all checks passed; apply would succeed"
     assert rep.actions == [
         f"would patch {ARGS}",
@@ -223,73 +223,73 @@ def test_check_reports_what_apply_would_do_and_writes_nothing(world: dict[str, P
         "would install test/registered/test_sage.py",
     ]
     assert digest(root) == before
-    engine.apply(target(world, root))
-    rep = engine.check(target(world, root))
+    patcher.apply(target(world, root))
+    rep = patcher.check(target(world, root))
     assert rep.message == "already applied; apply would change nothing" and rep.actions == []
 
 
 def test_status_items_in_detail(world: dict[str, Path], tmp_path: Path) -> None:
     root = make_installed(tmp_path / "inst")
-    items = engine.status_items(target(world, root))
+    items = patcher.status_items(target(world, root))
     assert [(i.kind, i.step, i.path, i.state, i.detail) for i in items] == [
-        ("patch", "0001-register.patch", ARGS, engine.PRISTINE, ""),
-        ("patch", "0001-register.patch", REG, engine.PRISTINE, ""),
-        ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml", engine.NA,
+        ("patch", "0001-register.patch", ARGS, patcher.PRISTINE, ""),
+        ("patch", "0001-register.patch", REG, patcher.PRISTINE, ""),
+        ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml", patcher.NA,
          "installed package: dist-info metadata is left alone"),
-        ("overlay", "overlay/sglang/srt/deep/er/k.py", "python/sglang/srt/deep/er/k.py", engine.PRISTINE,
+        ("overlay", "overlay/sglang/srt/deep/er/k.py", "python/sglang/srt/deep/er/k.py", patcher.PRISTINE,
          "not installed"),
-        ("overlay", "overlay/sglang/srt/sage.py", "python/sglang/srt/sage.py", engine.PRISTINE, "not installed"),
-        ("overlay", "overlay/test/registered/test_sage.py", "test/registered/test_sage.py", engine.NA,
+        ("overlay", "overlay/sglang/srt/sage.py", "python/sglang/srt/sage.py", patcher.PRISTINE, "not installed"),
+        ("overlay", "overlay/test/registered/test_sage.py", "test/registered/test_sage.py", patcher.NA,
          "tests are run from overlay/ on this layout"),
     ]  # fmt: skip
     (root / "sglang/srt/registry.py").write_text("changed\n")
     (root / "sglang/srt/args.py").unlink()
     (root / "sglang/srt/sage.py").write_text("other\n")
-    items = {i.path: i for i in engine.status_items(target(world, root))}
-    assert items[REG].state == engine.DRIFTED
+    items = {i.path: i for i in patcher.status_items(target(world, root))}
+    assert items[REG].state == patcher.DRIFTED
     sha = sha256_bytes(b"changed\n")
     assert items[REG].detail == f"sha256 {sha[:12]} is neither the pre-image nor the post-image pin"
-    assert (items[ARGS].state, items[ARGS].detail) == (engine.DRIFTED, "missing")
+    assert (items[ARGS].state, items[ARGS].detail) == (patcher.DRIFTED, "missing")
     sage = items["python/sglang/srt/sage.py"]
-    assert (sage.state, sage.detail) == (engine.DRIFTED, "installed file differs from overlay/")
+    assert (sage.state, sage.detail) == (patcher.DRIFTED, "installed file differs from overlay/")
 
 
 def test_edit_item_states(world: dict[str, Path], tmp_path: Path) -> None:
     root = make_checkout(tmp_path / "co")
-    edit = next(i for i in engine.status_items(target(world, root)) if i.kind == "edit")
+    edit = next(i for i in patcher.status_items(target(world, root)) if i.kind == "edit")
     assert (edit.state, edit.detail) == (
-        engine.PRISTINE,
+        patcher.PRISTINE,
         "would add dependencies: jinja2>=3.1.0; dependencies: tomli>=2",
     )
     assert (edit.kind, edit.step, edit.path) == ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml")
     (root / "python/pyproject.toml").write_text(PYPROJECT.replace('"torch"', '"torch", "Jinja2>=3", "tomli"'))
-    edit = next(i for i in engine.status_items(target(world, root)) if i.kind == "edit")
-    assert (edit.state, edit.detail) == (engine.APPLIED, "dependencies: Jinja2>=3; dependencies: tomli")
+    edit = next(i for i in patcher.status_items(target(world, root)) if i.kind == "edit")
+    assert (edit.state, edit.detail) == (patcher.APPLIED, "dependencies: Jinja2>=3; dependencies: tomli")
     assert (edit.kind, edit.step, edit.path) == ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml")
     bare = make_checkout(tmp_path / "bare", pyproject=False)
-    edit = next(i for i in engine.status_items(target(world, bare)) if i.kind == "edit")
-    assert (edit.state, edit.detail) == (engine.NA, "no python/pyproject.toml in this tree")
+    edit = next(i for i in patcher.status_items(target(world, bare)) if i.kind == "edit")
+    assert (edit.state, edit.detail) == (patcher.NA, "no python/pyproject.toml in this tree")
     assert (edit.kind, edit.step, edit.path) == ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml")
 
 
 @pytest.mark.parametrize(
     ("found", "want"),
     [
-        ([], engine.PRISTINE),
-        ([engine.NA], engine.PRISTINE),
-        ([engine.PRISTINE, engine.NA], engine.PRISTINE),
-        ([engine.APPLIED, engine.NA], engine.APPLIED),
-        ([engine.APPLIED, engine.PRISTINE], engine.PARTIAL),
-        ([engine.APPLIED, engine.DRIFTED], engine.DRIFTED),
-        ([engine.PRISTINE, engine.DRIFTED], engine.DRIFTED),
+        ([], patcher.PRISTINE),
+        ([patcher.NA], patcher.PRISTINE),
+        ([patcher.PRISTINE, patcher.NA], patcher.PRISTINE),
+        ([patcher.APPLIED, patcher.NA], patcher.APPLIED),
+        ([patcher.APPLIED, patcher.PRISTINE], patcher.PARTIAL),
+        ([patcher.APPLIED, patcher.DRIFTED], patcher.DRIFTED),
+        ([patcher.PRISTINE, patcher.DRIFTED], patcher.DRIFTED),
     ],
 )
 def test_overall(found: list[str], want: str) -> None:
-    assert engine.overall([engine.Item("patch", "s", f"p{n}", s) for n, s in enumerate(found)]) == want
+    assert patcher.overall([patcher.Item("patch", "s", f"p{n}", s) for n, s in enumerate(found)]) == want
 
 
 def test_report_json_has_stable_keys() -> None:
-    rep = engine.Report("status", "/t", "installed", "1", "pristine", [engine.Item("patch", "s", "p", "pristine")])
+    rep = patcher.Report("status", "/t", "installed", "1", "pristine", [patcher.Item("patch", "s", "p", "pristine")])
     assert rep.to_json() == {
         "command": "status",
         "target": "/t",
@@ -300,6 +300,7 @@ def test_report_json_has_stable_keys() -> None:
         "message": "",
         "actions": [],
         "warnings": [],
+        "changed": False,
         "items": [{"kind": "patch", "step": "s", "path": "p", "state": "pristine", "detail": ""}],
     }
 
@@ -310,7 +311,7 @@ def test_report_json_has_stable_keys() -> None:
 def refuses(world: dict[str, Path], root: Path, digest, match: str, **kw: object) -> SageError:
     before = digest(root)
     with pytest.raises(SageError, match=match) as info:
-        engine.apply(target(world, root), **kw)  # type: ignore[arg-type]
+        patcher.apply(target(world, root), **kw)  # type: ignore[arg-type]
     assert digest(root) == before
     return info.value
 
@@ -330,16 +331,16 @@ def test_dirty_unrelated_files_do_not_count(world: dict[str, Path], tmp_path: Pa
     root = make_checkout(tmp_path / "co")
     (root / "python/sglang/srt/__init__.py").write_text("# local\n")
     (root / "notes.txt").write_text("untracked elsewhere\n")
-    assert engine.apply(target(world, root)).state == engine.APPLIED
+    assert patcher.apply(target(world, root)).state == patcher.APPLIED
 
 
 def test_apply_of_an_applied_file_is_not_dirt(world: dict[str, Path], tmp_path: Path) -> None:
     """A tree apply itself changed (patches applied, overlay file missing): finished by --force, not called dirty."""
     root = make_checkout(tmp_path / "co")
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     (root / "python/sglang/srt/sage.py").unlink()
     t = target(world, root)
-    assert engine.status(t).state == engine.PARTIAL
+    assert patcher.status(t).state == patcher.PARTIAL
     err = refuses(world, root, lambda p: "x", "is partially applied; refusing to apply on top of it")
     assert err.message == (
         f"{root.resolve()} is partially applied; refusing to apply on top of it "
@@ -352,8 +353,8 @@ def test_apply_of_an_applied_file_is_not_dirt(world: dict[str, Path], tmp_path: 
         "python/sglang/srt/deep/er/k.py: applied",
         "test/registered/test_sage.py: applied",
     ]
-    rep = engine.apply(t, force=True)
-    assert rep.state == engine.APPLIED and rep.actions == ["installed 1 overlay file(s)"]
+    rep = patcher.apply(t, force=True)
+    assert rep.state == patcher.APPLIED and rep.actions == ["installed 1 overlay file(s)"]
 
 
 def test_drifted_pins_are_refused(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -377,12 +378,12 @@ def test_force_three_way_on_a_committed_local_change(world: dict[str, Path], tmp
     git(root, "commit", "-qam", "local")
     refuses(world, root, digest, "differ from the SGLang")
     t = target(world, root)
-    rep = engine.check(t, force=True)
+    rep = patcher.check(t, force=True)
     assert "would use git apply --3way (pins differ, --force)" in rep.actions
-    rep = engine.apply(t, force=True)
+    rep = patcher.apply(t, force=True)
     assert rep.actions[0] == "patched 2 file(s) with --3way"
     assert (root / "python/sglang/srt/args.py").read_text() == "# site-local\n" + POST[ARGS]
-    assert rep.state == engine.DRIFTED  # forced: reported as it is, not rolled back
+    assert rep.state == patcher.DRIFTED  # forced: reported as it is, not rolled back
 
 
 def test_overlay_destination_with_other_content(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -391,8 +392,8 @@ def test_overlay_destination_with_other_content(world: dict[str, Path], tmp_path
     err = refuses(world, root, digest, "overlay destinations already hold other content")
     assert err.message == "overlay destinations already hold other content (use --force to overwrite)"
     assert err.details == [f"{root.resolve()}/sglang/srt/sage.py: exists and differs from overlay/sglang/srt/sage.py"]
-    rep = engine.apply(target(world, root), force=True)  # --force overwrites it
-    assert (root / "sglang/srt/sage.py").read_text() == "X = 1\n" and rep.state == engine.APPLIED
+    rep = patcher.apply(target(world, root), force=True)  # --force overwrites it
+    assert (root / "sglang/srt/sage.py").read_text() == "X = 1\n" and rep.state == patcher.APPLIED
 
 
 def test_read_only_target_is_refused(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -407,22 +408,22 @@ def test_read_only_target_is_refused(world: dict[str, Path], tmp_path: Path, dig
 def test_writable_problem_cases(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_text("x")
-    assert engine._writable_problem(f) is None
-    assert engine._writable_problem(tmp_path / "new" / "deeper" / "x") is None  # nearest existing dir is writable
-    assert engine._writable_problem(f / "sub" / "x") == f"{f}: is a file where a directory is needed for {f}/sub/x"
+    assert patcher._writable_problem(f) is None
+    assert patcher._writable_problem(tmp_path / "new" / "deeper" / "x") is None  # nearest existing dir is writable
+    assert patcher._writable_problem(f / "sub" / "x") == f"{f}: is a file where a directory is needed for {f}/sub/x"
     d = tmp_path / "ro"
     d.mkdir()
     d.chmod(0o555)
     try:
-        assert engine._writable_problem(d / "x") == f"{d}: directory is read-only (mode dr-xr-xr-x)"
+        assert patcher._writable_problem(d / "x") == f"{d}: directory is read-only (mode dr-xr-xr-x)"
     finally:
         d.chmod(0o755)
     f.chmod(0o200)
-    assert engine._writable_problem(f) is None  # owner-writable only
+    assert patcher._writable_problem(f) is None  # owner-writable only
     f.chmod(0o020)
-    assert engine._writable_problem(f) is None or os.geteuid() != 0  # group bit counts for root
+    assert patcher._writable_problem(f) is None or os.geteuid() != 0  # group bit counts for root
     f.chmod(0o002)
-    assert engine._writable_problem(f) is None or os.geteuid() != 0
+    assert patcher._writable_problem(f) is None or os.geteuid() != 0
 
 
 def test_api_check_miss_is_refused(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -432,19 +433,19 @@ def test_api_check_miss_is_refused(world: dict[str, Path], tmp_path: Path, diges
     before = digest(root)
     t = target(world, root, overlay)
     with pytest.raises(SageError, match="the overlay uses SGLang internals that SGLang 9.9.9 lacks") as info:
-        engine.apply(t)
+        patcher.apply(t)
     assert info.value.details == ["overlay/sglang/srt/sage.py:1: sglang.srt.nope: module does not exist"]
     assert digest(root) == before
-    rep = engine.apply(t, skip_api_check=True)  # development only
-    assert rep.state == engine.APPLIED
+    rep = patcher.apply(t, skip_api_check=True)  # development only
+    assert rep.state == patcher.APPLIED
     stale = "overlay/sglang/srt/sage.py: changed since the manifest was written"
     assert rep.warnings == [f"{stale} (run: python apply.py manifest --update 9.9.9)"]
-    assert engine.status(t).warnings == rep.warnings
+    assert patcher.status(t).warnings == rep.warnings
 
 
 def test_progress_names_each_step(world: dict[str, Path], tmp_path: Path) -> None:
     seen: list[str] = []
-    engine.apply(target(world, make_checkout(tmp_path / "co")), progress=seen.append)
+    patcher.apply(target(world, make_checkout(tmp_path / "co")), progress=seen.append)
     assert seen == [
         "checking git state",
         "verifying pre-image pins",
@@ -455,7 +456,7 @@ def test_progress_names_each_step(world: dict[str, Path], tmp_path: Path) -> Non
         "installing overlay",
     ]
     seen.clear()
-    engine.revert(target(world, tmp_path / "co"), progress=seen.append)
+    patcher.revert(target(world, tmp_path / "co"), progress=seen.append)
     assert seen == ["reverse-applying patches"]
 
 
@@ -471,7 +472,7 @@ def test_post_apply_verification_rolls_back(world: dict[str, Path], tmp_path: Pa
     root = make_source_tree(tmp_path / "src")
     before = digest(root)
     with pytest.raises(SageError, match="post-apply verification failed; rolled back") as info:
-        engine.apply(engine.open_target(root, world["overlay"], patches))
+        patcher.apply(patcher.open_target(root, world["overlay"], patches))
     assert info.value.code == APPLY_FAILED
     assert info.value.message == "post-apply verification failed; rolled back"
     assert info.value.details == [f"{REG}: drifted sha256 {sha256_bytes(POST[REG].encode())[:12]} is neither the "
@@ -483,9 +484,9 @@ def test_failing_git_apply_rolls_back(world: dict[str, Path], tmp_path: Path, di
     root = make_checkout(tmp_path / "co")
     before = digest(root)
     t = target(world, root)
-    monkeypatch.setattr(t.git, "apply", lambda *a, **k: engine.GitApply.run(t.git, ["apply", "/nonexistent"]))
+    monkeypatch.setattr(t.git, "apply", lambda *a, **k: patcher.GitApply.run(t.git, ["apply", "/nonexistent"]))
     with pytest.raises(SageError, match="git apply failed") as info:
-        engine.apply(t)
+        patcher.apply(t)
     assert info.value.code == APPLY_FAILED and info.value.details
     assert digest(root) == before
 
@@ -495,11 +496,11 @@ def test_failing_git_apply_rolls_back(world: dict[str, Path], tmp_path: Path, di
 
 def test_revert_refuses_files_changed_after_apply(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_installed(tmp_path / "inst")
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     (root / "sglang/srt/args.py").write_text("edited after apply\n")
     before = digest(root)
     with pytest.raises(SageError, match="cannot revert, these files changed after apply") as info:
-        engine.revert(target(world, root))
+        patcher.revert(target(world, root))
     assert len(info.value.details) == 1 and info.value.details[0].startswith(f"{ARGS}: sha256 ")
     assert digest(root) == before
 
@@ -507,23 +508,23 @@ def test_revert_refuses_files_changed_after_apply(world: dict[str, Path], tmp_pa
 def test_revert_keeps_an_edited_pyproject(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_source_tree(tmp_path / "src")
     t = target(world, root)
-    engine.apply(t)
+    patcher.apply(t)
     pyproject = root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "# my edit\n")
     before = digest(root)
     with pytest.raises(SageError, match="changed since apply; not restoring it over your edits") as info:
-        engine.revert(target(world, root))
+        patcher.revert(target(world, root))
     assert info.value.details == [f"the original is kept at {t.state_dir() / 'pyproject.toml.orig'}"]
     assert digest(root) == before  # the patches were reverted inside the transaction and are back again
 
 
 def test_revert_of_a_read_only_tree_is_refused(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_installed(tmp_path / "inst")
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     (root / "sglang/srt/sage.py").chmod(0o444)
     before = digest(root)
     with pytest.raises(SageError, match="cannot write the tree") as info:
-        engine.revert(target(world, root))
+        patcher.revert(target(world, root))
     assert info.value.details == [f"{(root / 'sglang/srt/sage.py').resolve()}: file is read-only (mode -r--r--r--)"]
     assert digest(root) == before
 
@@ -534,8 +535,8 @@ def test_revert_finishes_a_half_applied_tree(world: dict[str, Path], tmp_path: P
     patch = world["patches"] / VERSION / "0001-register.patch"
     subprocess.run(["git", "apply", f"--include={ARGS}", str(patch)], cwd=root, check=True)
     write(root, {"python/sglang/srt/sage.py": "X = 1\n"})
-    rep = engine.revert(target(world, root))
-    assert rep.state == engine.PRISTINE
+    rep = patcher.revert(target(world, root))
+    assert rep.state == patcher.PRISTINE
     assert rep.actions == ["reverted 1 patched file(s)", "removed 1 overlay file(s)"]
     assert digest(root) == before
 
@@ -544,9 +545,9 @@ def test_revert_with_a_corrupt_state_file(world: dict[str, Path], tmp_path: Path
     root = make_installed(tmp_path / "inst")
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
-    (t.state_dir() / engine.STATE_FILE).write_text("{not json")
-    assert engine.revert(target(world, root)).state == engine.PRISTINE
+    patcher.apply(t)
+    (t.state_dir() / patcher.STATE_FILE).write_text("{not json")
+    assert patcher.revert(target(world, root)).state == patcher.PRISTINE
     assert digest(root) == before
 
 
@@ -555,13 +556,13 @@ def test_revert_removes_a_leftover_state_dir(world: dict[str, Path], tmp_path: P
     root = make_installed(tmp_path / "inst")
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
-    saved = (t.state_dir() / engine.STATE_FILE).read_bytes()
-    engine.revert(target(world, root))
+    patcher.apply(t)
+    saved = (t.state_dir() / patcher.STATE_FILE).read_bytes()
+    patcher.revert(target(world, root))
     t.state_dir().mkdir()
-    (t.state_dir() / engine.STATE_FILE).write_bytes(saved)
-    rep = engine.revert(target(world, root))
-    assert rep.state == engine.PRISTINE and rep.actions == []
+    (t.state_dir() / patcher.STATE_FILE).write_bytes(saved)
+    rep = patcher.revert(target(world, root))
+    assert rep.state == patcher.PRISTINE and rep.actions == []
     assert digest(root) == before
 
 
@@ -580,30 +581,30 @@ def test_bytecode_recorded_replaced_and_restored(world: dict[str, Path], tmp_pat
     pyc(root / "sglang/srt/registry_extra.py").write_bytes(b"unrelated")
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
-    sources = engine.touched_sources(t)
+    patcher.apply(t)
+    sources = patcher.touched_sources(t)
     assert sorted(p.relative_to(root.resolve()).as_posix() for p in sources) == [
         "sglang/srt/args.py",
         "sglang/srt/deep/er/k.py",
         "sglang/srt/registry.py",
         "sglang/srt/sage.py",
     ]
-    old = engine.existing_pyc(sources)
+    old = patcher.existing_pyc(sources)
     assert old == {pyc(reg.resolve()): b"old registry bytecode"}
     for src in sources:  # the rebuild (compileall) writes bytecode for every written file
         pyc(src).parent.mkdir(exist_ok=True)
         pyc(src).write_bytes(b"new " + src.name.encode())
-    engine.record_pyc(t, sources, old)
-    state = json.loads((t.state_dir() / engine.STATE_FILE).read_text())
+    patcher.record_pyc(t, sources, old)
+    state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
     assert sorted(state["pyc"]) == sorted(pyc(s).relative_to(root.resolve()).as_posix() for s in sources)
     assert state["version"] == VERSION  # what apply recorded is kept
     bak = t.state_dir() / "pyc" / "sglang/srt/__pycache__/registry.cpython-311.pyc"
     assert bak.read_bytes() == b"old registry bytecode"
-    engine.record_pyc(t, sources, {})  # recording twice adds nothing twice
-    again = json.loads((t.state_dir() / engine.STATE_FILE).read_text())["pyc"]
+    patcher.record_pyc(t, sources, {})  # recording twice adds nothing twice
+    again = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())["pyc"]
     assert sorted(again) == sorted(state["pyc"])
-    rep = engine.revert(target(world, root))
-    assert rep.state == engine.PRISTINE
+    rep = patcher.revert(target(world, root))
+    assert rep.state == patcher.PRISTINE
     assert pyc(reg).read_bytes() == b"old registry bytecode"
     assert digest(root) == before  # new bytecode and emptied __pycache__ directories gone
 
@@ -611,20 +612,20 @@ def test_bytecode_recorded_replaced_and_restored(world: dict[str, Path], tmp_pat
 def test_bytecode_python_wrote_by_itself_is_removed(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_installed(tmp_path / "inst")
     before = digest(root)
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     k = root / "sglang/srt/deep/er/k.py"
     pyc(k).parent.mkdir()
     pyc(k).write_bytes(b"imported")
     (pyc(k).parent / "k.cpython-312.pyc").write_bytes(b"other python")
-    engine.revert(target(world, root))
+    patcher.revert(target(world, root))
     assert digest(root) == before
 
 
 def test_existing_pyc_and_touched_sources_on_a_pristine_tree(world: dict[str, Path], tmp_path: Path) -> None:
     root = make_installed(tmp_path / "inst")
     t = target(world, root)
-    assert [p.name for p in engine.touched_sources(t)] == ["args.py", "registry.py"]  # overlay not there yet
-    assert engine.existing_pyc(engine.touched_sources(t)) == {}
+    assert [p.name for p in patcher.touched_sources(t)] == ["args.py", "registry.py"]  # overlay not there yet
+    assert patcher.existing_pyc(patcher.touched_sources(t)) == {}
 
 
 # ----------------------------------------------------------------------------- open_target and helpers
@@ -638,9 +639,9 @@ def test_open_target_refuses_a_manifest_of_another_version(world: dict[str, Path
     root = make_installed(tmp_path / "inst")
     (root / "sglang/version.py").write_text('__version__ = "9.9.8"\n')
     with pytest.raises(SageError) as info:
-        engine.open_target(root, world["overlay"], patches)
+        patcher.open_target(root, world["overlay"], patches)
     assert str(info.value) == f"{patches / '9.9.8' / 'manifest.toml'}: pins SGLang 9.9.9, tree is 9.9.8"
-    t = engine.open_target(root, world["overlay"], patches, patch_set="9.9.8")  # explicit: allowed, pins still apply
+    t = patcher.open_target(root, world["overlay"], patches, patch_set="9.9.8")  # explicit: allowed, pins still apply
     assert t.manifest.version == VERSION and t.layout.version == "9.9.8"
     assert t.series.directory == patches / "9.9.8"
     assert [o.src for o in t.overlay_files] == sorted(OVERLAY)
@@ -666,12 +667,12 @@ def test_a_set_without_an_edit_step(world_no_edit: dict[str, Path], tmp_path: Pa
     root = make_source_tree(tmp_path / "src")
     before = digest(root)
     t = target(world_no_edit, root)
-    assert t.edit is None and not [i for i in engine.status_items(t) if i.kind == "edit"]
-    assert engine.check(t).actions[:2] == [f"would patch {ARGS}", f"would patch {REG}"]
-    rep = engine.apply(t)
-    assert rep.state == engine.APPLIED and rep.actions == ["patched 2 file(s)", "installed 2 overlay file(s)"]
+    assert t.edit is None and not [i for i in patcher.status_items(t) if i.kind == "edit"]
+    assert patcher.check(t).actions[:2] == [f"would patch {ARGS}", f"would patch {REG}"]
+    rep = patcher.apply(t)
+    assert rep.state == patcher.APPLIED and rep.actions == ["patched 2 file(s)", "installed 2 overlay file(s)"]
     assert (root / "pyproject.toml").read_text() == PYPROJECT
-    assert engine.revert(target(world_no_edit, root)).state == engine.PRISTINE
+    assert patcher.revert(target(world_no_edit, root)).state == patcher.PRISTINE
     assert digest(root) == before
 
 
@@ -679,36 +680,36 @@ def test_reports_name_their_tree(world: dict[str, Path], tmp_path: Path) -> None
     root = make_installed(tmp_path / "inst")
     t = target(world, root)
     fields = (str(root.resolve()), "installed", VERSION)
-    for rep in (engine.status(t), engine.revert(t), engine.check(t)):  # revert: already pristine
+    for rep in (patcher.status(t), patcher.revert(t), patcher.check(t)):  # revert: already pristine
         assert (rep.target, rep.layout, rep.version) == fields, rep.command
-        assert [i.path for i in rep.items] == [i.path for i in engine.status_items(t)]
-    assert engine.revert(t).command == "revert" and engine.check(t).command == "check"
-    engine.apply(t)
-    for rep in (engine.apply(t), engine.revert(target(world, root))):
+        assert [i.path for i in rep.items] == [i.path for i in patcher.status_items(t)]
+    assert patcher.revert(t).command == "revert" and patcher.check(t).command == "check"
+    patcher.apply(t)
+    for rep in (patcher.apply(t), patcher.revert(target(world, root))):
         assert (rep.target, rep.layout, rep.version) == fields, rep.command
-        assert rep.items and {i.path for i in rep.items} == {i.path for i in engine.status_items(t)}
+        assert rep.items and {i.path for i in rep.items} == {i.path for i in patcher.status_items(t)}
 
 
 def test_revert_refuses_a_read_only_patched_file(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_installed(tmp_path / "inst")
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     reg = root / "sglang/srt/registry.py"
     reg.chmod(0o444)
     before = digest(root)
     with pytest.raises(SageError, match="cannot write the tree") as info:
-        engine.revert(target(world, root))
+        patcher.revert(target(world, root))
     assert info.value.details == [f"{reg.resolve()}: file is read-only (mode -r--r--r--)"]
     assert digest(root) == before
 
 
 def test_failing_reverse_apply_rolls_back(world: dict[str, Path], tmp_path: Path, digest, monkeypatch) -> None:
     root = make_checkout(tmp_path / "co")
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     before = digest(root)
     t = target(world, root)
-    monkeypatch.setattr(t.git, "apply", lambda *a, **k: engine.GitApply.run(t.git, ["apply", "/nonexistent"]))
+    monkeypatch.setattr(t.git, "apply", lambda *a, **k: patcher.GitApply.run(t.git, ["apply", "/nonexistent"]))
     with pytest.raises(SageError) as info:
-        engine.revert(t)
+        patcher.revert(t)
     assert info.value.message == "git apply --reverse failed" and info.value.code == APPLY_FAILED
     assert info.value.details and "/nonexistent" in info.value.details[0]
     assert digest(root) == before
@@ -720,9 +721,9 @@ def test_check_defaults_and_options(world: dict[str, Path], tmp_path: Path) -> N
     root = make_checkout(tmp_path / "co")
     t = target(world, root, overlay)
     with pytest.raises(SageError, match="the overlay uses SGLang internals"):
-        engine.check(t)  # the API check runs by default
+        patcher.check(t)  # the API check runs by default
     seen: list[str] = []
-    rep = engine.check(t, skip_api_check=True, progress=seen.append)
+    rep = patcher.check(t, skip_api_check=True, progress=seen.append)
     assert rep.message == "all checks passed; apply would succeed"
     assert seen == ["checking git state", "verifying pre-image pins", "dry-running patches (git apply --check)"]
     stale = "overlay/sglang/srt/sage.py: changed since the manifest was written"
@@ -730,7 +731,7 @@ def test_check_defaults_and_options(world: dict[str, Path], tmp_path: Path) -> N
     (root / "python/sglang/srt/args.py").write_text("# local\n" + PRE[ARGS])
     git(root, "commit", "-qam", "local")
     with pytest.raises(SageError, match="differ from the SGLang"):
-        engine.check(target(world, root))  # no --force by default
+        patcher.check(target(world, root))  # no --force by default
 
 
 def test_bytecode_records_accumulate_and_share_a_cache_dir(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -741,18 +742,18 @@ def test_bytecode_records_accumulate_and_share_a_cache_dir(world: dict[str, Path
         pyc(srt / f"{name}.py").write_bytes(f"old {name}".encode())
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
+    patcher.apply(t)
     reg, args_py = (srt / "registry.py").resolve(), (srt / "args.py").resolve()
-    old = engine.existing_pyc([reg, args_py])
+    old = patcher.existing_pyc([reg, args_py])
     for src in (reg, args_py):
         pyc(src).write_bytes(b"new")
-    engine.record_pyc(t, [reg], old)
-    engine.record_pyc(t, [args_py], old)  # a second rebuild adds to what the first recorded
-    state = json.loads((t.state_dir() / engine.STATE_FILE).read_text())
-    assert (t.state_dir() / engine.STATE_FILE).read_text() == json.dumps(state, indent=2)
+    patcher.record_pyc(t, [reg], old)
+    patcher.record_pyc(t, [args_py], old)  # a second rebuild adds to what the first recorded
+    state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
+    assert (t.state_dir() / patcher.STATE_FILE).read_text() == json.dumps(state, indent=2)
     assert sorted(state["pyc"]) == ["sglang/srt/__pycache__/args.cpython-311.pyc",
                                     "sglang/srt/__pycache__/registry.cpython-311.pyc"]  # fmt: skip
-    engine.revert(target(world, root))
+    patcher.revert(target(world, root))
     assert digest(root) == before
 
 
@@ -760,11 +761,11 @@ def test_preflight_defaults_refuse(world: dict[str, Path], tmp_path: Path) -> No
     root = make_checkout(tmp_path / "co")
     (root / "python/sglang/srt/registry.py").write_text("# local\n" + PRE[REG])
     with pytest.raises(SageError, match="uncommitted changes"):
-        engine.preflight(target(world, root))  # not forced unless asked
+        patcher.preflight(target(world, root))  # not forced unless asked
     overlay = tmp_path / "overlay"
     write(overlay, {**OVERLAY, "sglang/srt/sage.py": "from sglang.srt.nope import X\n"})
     with pytest.raises(SageError, match="the overlay uses SGLang internals"):
-        engine.preflight(target(world, make_checkout(tmp_path / "co2"), overlay))  # API check on unless skipped
+        patcher.preflight(target(world, make_checkout(tmp_path / "co2"), overlay))  # API check on unless skipped
 
 
 @pytest.mark.parametrize("state", ["{not json", '{"version": "9.9.9", "pyproject": "garbage"}'])
@@ -772,11 +773,11 @@ def test_revert_with_an_unreadable_pyproject_record(world: dict[str, Path], tmp_
     """Without a usable record of the edited pyproject.toml revert cannot prove it is ours: it refuses, cleanly."""
     root = make_source_tree(tmp_path / "src")
     t = target(world, root)
-    engine.apply(t)
-    (t.state_dir() / engine.STATE_FILE).write_text(state)
+    patcher.apply(t)
+    (t.state_dir() / patcher.STATE_FILE).write_text(state)
     before = digest(root)
     with pytest.raises(SageError) as info:
-        engine.revert(target(world, root))
+        patcher.revert(target(world, root))
     assert info.value.message == "revert did not reach the pinned pre-image; rolled back"
     assert info.value.code == APPLY_FAILED
     assert info.value.details == ["python/pyproject.toml: applied dependencies: jinja2>=3.1.0; dependencies: tomli>=2"]
@@ -787,8 +788,8 @@ def test_revert_restores_the_pyproject_and_says_so(world: dict[str, Path], tmp_p
     root = make_source_tree(tmp_path / "src")
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
-    rep = engine.revert(target(world, root))
+    patcher.apply(t)
+    rep = patcher.revert(target(world, root))
     backup = t.state_dir() / "pyproject.toml.orig"
     assert rep.actions == [
         "reverted 2 patched file(s)",
@@ -802,9 +803,9 @@ def test_a_corrupt_bytecode_record_touches_no_other_file(world: dict[str, Path],
     root = make_installed(tmp_path / "inst")
     (root / "x").write_text("a file of the user's, named like a character of the corrupt record\n")
     t = target(world, root)
-    engine.apply(t)
-    (t.state_dir() / engine.STATE_FILE).write_text(json.dumps({"version": VERSION, "pyproject": None, "pyc": "x"}))
-    assert engine.revert(target(world, root)).state == engine.PRISTINE
+    patcher.apply(t)
+    (t.state_dir() / patcher.STATE_FILE).write_text(json.dumps({"version": VERSION, "pyproject": None, "pyc": "x"}))
+    assert patcher.revert(target(world, root)).state == patcher.PRISTINE
     assert (root / "x").is_file()
 
 
@@ -813,13 +814,13 @@ def test_new_bytecode_and_its_cache_dirs_are_removed(world: dict[str, Path], tmp
     root = make_installed(tmp_path / "inst")
     before = digest(root)
     t = target(world, root)
-    engine.apply(t)
-    sources = engine.touched_sources(t)
+    patcher.apply(t)
+    sources = patcher.touched_sources(t)
     for src in sources:
         pyc(src).parent.mkdir(exist_ok=True)
         pyc(src).write_bytes(b"new")
-    engine.record_pyc(t, sources, engine.existing_pyc([]))
-    engine.revert(target(world, root))
+    patcher.record_pyc(t, sources, patcher.existing_pyc([]))
+    patcher.revert(target(world, root))
     assert digest(root) == before
 
 
@@ -840,17 +841,17 @@ def test_a_read_only_pyproject_is_refused(world: dict[str, Path], tmp_path: Path
 def test_installed_package_ignores_a_stray_pyproject(world: dict[str, Path], tmp_path: Path) -> None:
     root = make_installed(tmp_path / "inst")
     (root / "pyproject.toml").write_text(PYPROJECT)  # not SGLang's: dist-info is the metadata of an install
-    engine.apply(target(world, root))
+    patcher.apply(target(world, root))
     assert (root / "pyproject.toml").read_text() == PYPROJECT
 
 
 def test_checkout_without_pyproject_applies(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_checkout(tmp_path / "co", pyproject=False)
     before = digest(root)
-    rep = engine.apply(target(world, root))
-    assert rep.state == engine.APPLIED and rep.actions == ["patched 2 file(s)", "installed 3 overlay file(s)"]
+    rep = patcher.apply(target(world, root))
+    assert rep.state == patcher.APPLIED and rep.actions == ["patched 2 file(s)", "installed 3 overlay file(s)"]
     assert (rep.command, rep.target, rep.layout, rep.version) == ("apply", str(root.resolve()), "git-checkout", VERSION)
-    engine.revert(target(world, root))
+    patcher.revert(target(world, root))
     assert digest(root) == before
 
 
@@ -859,8 +860,8 @@ def test_force_finishes_a_half_patched_tree_without_three_way(world: dict[str, P
     root = make_installed(tmp_path / "inst")
     patch = world["patches"] / VERSION / "0001-register.patch"
     subprocess.run(["git", "apply", "-p2", "--include=sglang/srt/args.py", str(patch)], cwd=root, check=True)
-    rep = engine.apply(target(world, root), force=True)
-    assert rep.actions[0] == "patched 1 file(s)" and rep.state == engine.APPLIED
+    rep = patcher.apply(target(world, root), force=True)
+    assert rep.actions[0] == "patched 1 file(s)" and rep.state == patcher.APPLIED
 
 
 def test_patch_that_does_not_fit_its_own_pins(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -878,7 +879,7 @@ def test_patch_that_does_not_fit_its_own_pins(world: dict[str, Path], tmp_path: 
     git(root, "commit", "-qam", "other")
     before = digest(root)
     with pytest.raises(SageError) as info:
-        engine.apply(engine.open_target(root, world["overlay"], patches))
+        patcher.apply(patcher.open_target(root, world["overlay"], patches))
     assert info.value.message == "patches do not apply cleanly (nothing was written)"
     assert digest(root) == before
 
@@ -902,9 +903,9 @@ def test_three_way_rollback_restores_the_index(world: dict[str, Path], tmp_path:
     def boom(self, path, data, mode=None):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(engine.Transaction, "write_bytes", boom)
+    monkeypatch.setattr(patcher.Transaction, "write_bytes", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        engine.apply(target(world, root), force=True)
+        patcher.apply(target(world, root), force=True)
     after = files()
     assert after[".git/index"] == before[".git/index"]
     assert after == before
@@ -914,21 +915,21 @@ def test_three_way_rollback_restores_the_index(world: dict[str, Path], tmp_path:
 def test_status_items_of_an_applied_checkout(world: dict[str, Path], tmp_path: Path) -> None:
     root = make_checkout(tmp_path / "co")
     t = target(world, root)
-    engine.apply(t)
+    patcher.apply(t)
     (root / "python/sglang/srt/sage.py").write_text("changed after apply\n")
-    items = [(i.kind, i.step, i.path, i.state, i.detail) for i in engine.status_items(t)]
+    items = [(i.kind, i.step, i.path, i.state, i.detail) for i in patcher.status_items(t)]
     assert items == [
-        ("patch", "0001-register.patch", ARGS, engine.APPLIED, ""),
-        ("patch", "0001-register.patch", REG, engine.APPLIED, ""),
-        ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml", engine.APPLIED,
+        ("patch", "0001-register.patch", ARGS, patcher.APPLIED, ""),
+        ("patch", "0001-register.patch", REG, patcher.APPLIED, ""),
+        ("edit", "0002-pyproject.edit.toml", "python/pyproject.toml", patcher.APPLIED,
          "dependencies: jinja2>=3.1.0; dependencies: tomli>=2"),
-        ("overlay", "overlay/sglang/srt/deep/er/k.py", "python/sglang/srt/deep/er/k.py", engine.APPLIED, ""),
-        ("overlay", "overlay/sglang/srt/sage.py", "python/sglang/srt/sage.py", engine.DRIFTED,
+        ("overlay", "overlay/sglang/srt/deep/er/k.py", "python/sglang/srt/deep/er/k.py", patcher.APPLIED, ""),
+        ("overlay", "overlay/sglang/srt/sage.py", "python/sglang/srt/sage.py", patcher.DRIFTED,
          "installed file differs from overlay/"),
-        ("overlay", "overlay/test/registered/test_sage.py", "test/registered/test_sage.py", engine.APPLIED, ""),
+        ("overlay", "overlay/test/registered/test_sage.py", "test/registered/test_sage.py", patcher.APPLIED, ""),
     ]  # fmt: skip
-    state = json.loads((t.state_dir() / engine.STATE_FILE).read_text())
-    assert (t.state_dir() / engine.STATE_FILE).read_text() == json.dumps(state, indent=2)  # readable by people
+    state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
+    assert (t.state_dir() / patcher.STATE_FILE).read_text() == json.dumps(state, indent=2)  # readable by people
 
 
 def test_overlay_files_are_installed_with_mode_644(world: dict[str, Path], tmp_path: Path) -> None:
@@ -938,7 +939,7 @@ def test_overlay_files_are_installed_with_mode_644(world: dict[str, Path], tmp_p
     shutil.copytree(world["overlay"], overlay)
     (overlay / "sglang/srt/sage.py").chmod(0o600)  # whatever mode the checkout of sglang-sage has
     root = make_installed(tmp_path / "inst")
-    engine.apply(target(world, root, overlay), skip_api_check=True)
+    patcher.apply(target(world, root, overlay), skip_api_check=True)
     assert stat.S_IMODE((root / "sglang/srt/sage.py").stat().st_mode) == 0o644
 
 
@@ -948,7 +949,7 @@ def test_three_way_conflict_is_named(world: dict[str, Path], tmp_path: Path, dig
     git(root, "commit", "-qam", "local")
     before = digest(root)
     with pytest.raises(SageError) as info:
-        engine.apply(target(world, root), force=True)
+        patcher.apply(target(world, root), force=True)
     assert info.value.message == "git apply failed (3-way merge left conflicts)" and info.value.code == APPLY_FAILED
     assert any("conflict" in d.lower() for d in info.value.details)
     assert git(root, "status", "--porcelain") == ""
@@ -969,6 +970,6 @@ def test_an_invalid_pyproject_is_refused_naming_it(world: dict[str, Path], tmp_p
     (root / "pyproject.toml").write_text("[project\n")
     before = digest(root)
     with pytest.raises(SageError) as info:
-        engine.apply(target(world, root))
+        patcher.apply(target(world, root))
     assert info.value.message.startswith(f"{(root / 'pyproject.toml').resolve()}: not valid TOML")
     assert digest(root) == before
