@@ -37,11 +37,11 @@ V = "tests/verify/"
 
 # module -> (source file, the tests that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "transaction": ("sglang_sage/transaction.py", [T + "test_transaction.py", T + "test_engine.py"]),
+    "transaction": ("sglang_sage/transaction.py", [T + "test_transaction.py", T + "test_patcher.py"]),
     "manifest": ("sglang_sage/manifest.py", [T + "test_overlay_manifest.py", T + "test_patchset.py"]),
     "overlay": ("sglang_sage/overlay.py", [T + "test_overlay_manifest.py", T + "test_patchset.py"]),
-    "pyproject_edit": ("sglang_sage/pyproject_edit.py", [T + "test_pyproject_edit.py", T + "test_engine.py"]),
-    "gitapply": ("sglang_sage/gitapply.py", [T + "test_gitapply.py", T + "test_engine.py"]),
+    "pyproject_edit": ("sglang_sage/pyproject_edit.py", [T + "test_pyproject_edit.py", T + "test_patcher.py"]),
+    "gitapply": ("sglang_sage/gitapply.py", [T + "test_gitapply.py", T + "test_patcher.py"]),
     # engine.py became patcher.py (issue 15): apply / status / revert / check
     "patcher": ("sglang_sage/patcher.py", [T + "test_patcher.py", T + "test_revert_bytecode.py"]),
     # the real-release tests (test_apicheck.py) take ~10 s per mutant: the miniature tree covers the same code
@@ -50,7 +50,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "checks": ("sglang_sage/verify/checks.py", [V + "test_checks_report.py"]),
     "pr": ("sglang_sage/pr.py", [T + "test_pr.py"]),
 }
-ALSO_COPY = ["patches/", "overlay/", "benchmarks/", "docs/", "apply.py", "verify.py", "README.md"]
+ALSO_COPY = ["patches/", "overlay/", "benchmarks/", "docs/", "reports/", "scripts/", "apply.py", "verify.py", "README.md"]
 KILLED_STATUSES = {"killed", "timeout", "segfault", "suspicious", "check was interrupted by user"}
 
 
