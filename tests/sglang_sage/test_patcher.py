@@ -20,8 +20,9 @@ from sglang_sage.overlay import discover, entries
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
 VERSION = "9.9.9"
 REG, ARGS = "python/sglang/srt/registry.py", "python/sglang/srt/args.py"
-PRE = {REG: "BACKENDS = ['a']\n", ARGS: "import os\n\nCHOICES = ['a']\n"}
-POST = {REG: "BACKENDS = ['a', 'sage']\n", ARGS: "import os\n\nCHOICES = ['a', 'sage']\n"}
+# formatted as SGLang's black/isort leave it (the `pr` self-check of test_pr_mini.py runs them on the series)
+PRE = {REG: 'BACKENDS = ["a"]\n', ARGS: 'import os\n\nCHOICES = ["a"]\n'}
+POST = {REG: 'BACKENDS = ["a", "sage"]\n', ARGS: 'import os\n\nCHOICES = ["a", "sage"]\n'}
 OVERLAY = {
     "sglang/srt/sage.py": "X = 1\n",
     "sglang/srt/deep/er/k.py": "K = 2\n",
@@ -945,7 +946,7 @@ def test_overlay_files_are_installed_with_mode_644(world: dict[str, Path], tmp_p
 
 def test_three_way_conflict_is_named(world: dict[str, Path], tmp_path: Path, digest) -> None:
     root = make_checkout(tmp_path / "co")
-    (root / "python/sglang/srt/registry.py").write_text("BACKENDS = ['a', 'mine']\n")  # the very line the patch edits
+    (root / "python/sglang/srt/registry.py").write_text('BACKENDS = ["a", "mine"]\n')  # the very line the patch edits
     git(root, "commit", "-qam", "local")
     before = digest(root)
     with pytest.raises(SageError) as info:
@@ -953,7 +954,7 @@ def test_three_way_conflict_is_named(world: dict[str, Path], tmp_path: Path, dig
     assert info.value.message == "git apply failed (3-way merge left conflicts)" and info.value.code == APPLY_FAILED
     assert any("conflict" in d.lower() for d in info.value.details)
     assert git(root, "status", "--porcelain") == ""
-    assert (root / "python/sglang/srt/registry.py").read_text() == "BACKENDS = ['a', 'mine']\n"
+    assert (root / "python/sglang/srt/registry.py").read_text() == 'BACKENDS = ["a", "mine"]\n'
     del before
 
 
