@@ -189,6 +189,9 @@ TREE = {
     "sglang/srt/relbackend.py": (
         "from .triton_backend import TritonBackend\n\nclass RelBackend(TritonBackend):\n    pass\n"
     ),
+    "sglang/srt/relbpkg/__init__.py": (
+        "from ..triton_backend import TritonBackend\n\n\nclass PkgBackend(TritonBackend):\n    pass\n"
+    ),
     "torchy/__init__.py": "class T:\n    def only(self):\n        pass\n",
     "sglang/srt/cycle_a.py": "from sglang.srt.cycle_b import C\n",
     "sglang/srt/cycle_b.py": "from sglang.srt.cycle_a import C\n",
@@ -677,4 +680,39 @@ def test_backend_rules_in_every_shape(site: Path, tmp_path: Path) -> None:
         "base has 'b'",
         "overlay/sglang/srt/shapes.py:45: WithMixin.forward_extend: signature differs from the base: base accepts "
         "**kwargs (callers pass extra keywords); the override must too",
+    ]
+
+
+def test_include_tests_false_checks_the_package_only(site: Path, tmp_path: Path) -> None:
+    """The SGLang plugin loads sglang/** alone: test files are not checked then."""
+    overlay = tmp_path / "overlay"
+    write(
+        overlay, {"sglang/srt/a.py": "from sglang.srt.nope import A\n", "test/t.py": "from sglang.srt.nope import B\n"}
+    )
+    layout = detect(site)
+    assert [m.file for m in apicheck.check(overlay, layout, include_tests=False)] == ["overlay/sglang/srt/a.py"]
+    assert [m.file for m in apicheck.check(overlay, layout)] == ["overlay/sglang/srt/a.py", "overlay/test/t.py"]
+
+
+def test_open_class_first_in_a_union_and_a_backend_from_a_package(site: Path, tmp_path: Path) -> None:
+    files = {
+        "sglang/srt/u.py": """
+            from sglang.srt.base import Open
+            from sglang.srt.batch import ForwardBatch
+            from sglang.srt.relbpkg import PkgBackend
+
+            def f(x: Open | ForwardBatch):
+                return x.nope
+
+            class Ours(PkgBackend):
+                def public_extra(self):
+                    pass
+            """,
+    }
+    got = check(site, tmp_path, files)
+    assert got == [
+        "overlay/sglang/srt/u.py:7: x.nope: ForwardBatch (sglang.srt.batch.ForwardBatch) has no attribute 'nope' "
+        "(not set as self.nope, not a class attribute/field/method/property, not inherited)",
+        "overlay/sglang/srt/u.py:10: Ours.public_extra: public method not defined on the target AttentionBackend "
+        "(SGLang never calls it; make it _private or use the base's hook)",
     ]
