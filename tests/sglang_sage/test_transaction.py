@@ -317,3 +317,12 @@ def test_journal_keeps_the_bytes_before_the_change(tmp_path: Path) -> None:
     ]
     assert (journal / "000000.bin").read_bytes() == b"orig"
     tx.commit()
+
+
+def test_a_journal_already_gone_is_not_an_error(tmp_path: Path) -> None:
+    journal = tmp_path / "run.journal"
+    tx = Transaction(journal=journal)
+    tx.write_bytes(tmp_path / "f", b"x")
+    shutil.rmtree(journal)  # removed under us (e.g. by a recovering run)
+    tx.commit()
+    assert Transaction.recover(tmp_path / "never-existed.journal") == 0
