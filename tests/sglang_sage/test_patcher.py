@@ -486,8 +486,9 @@ def test_failing_git_apply_rolls_back(world: dict[str, Path], tmp_path: Path, di
     before = digest(root)
     t = target(world, root)
     monkeypatch.setattr(t.git, "apply", lambda *a, **k: patcher.GitApply.run(t.git, ["apply", "/nonexistent"]))
-    with pytest.raises(SageError, match="git apply failed") as info:
+    with pytest.raises(SageError) as info:
         patcher.apply(t)
+    assert info.value.message == "git apply failed"
     assert info.value.code == APPLY_FAILED and info.value.details
     assert digest(root) == before
 
@@ -805,9 +806,10 @@ def test_a_corrupt_bytecode_record_touches_no_other_file(world: dict[str, Path],
     (root / "x").write_text("a file of the user's, named like a character of the corrupt record\n")
     t = target(world, root)
     patcher.apply(t)
-    (t.state_dir() / patcher.STATE_FILE).write_text(json.dumps({"version": VERSION, "pyproject": None, "pyc": "x"}))
+    (root / "y").symlink_to(root / "x")  # a link of the user's: the corrupt record must not even look at it
+    (t.state_dir() / patcher.STATE_FILE).write_text(json.dumps({"version": VERSION, "pyproject": None, "pyc": "xy"}))
     assert patcher.revert(target(world, root)).state == patcher.PRISTINE
-    assert (root / "x").is_file()
+    assert (root / "x").is_file() and (root / "y").is_symlink()
 
 
 def test_new_bytecode_and_its_cache_dirs_are_removed(world: dict[str, Path], tmp_path: Path, digest) -> None:
@@ -974,3 +976,94 @@ def test_an_invalid_pyproject_is_refused_naming_it(world: dict[str, Path], tmp_p
         patcher.apply(target(world, root))
     assert info.value.message.startswith(f"{(root / 'pyproject.toml').resolve()}: not valid TOML")
     assert digest(root) == before
+
+
+# ----------------------------------------------------------------------------- lock, journal, pristine, links
+
+
+def test_lock_and_journal_sit_beside_the_state_dir(world: dict[str, Path], tmp_path: Path) -> None:
+    t = target(world, make_installed(tmp_path / "inst"))
+    state = t.state_dir()
+    assert t.lock_path() == state.parent / "sglang-sage.lock"
+    assert t.journal_dir() == state.parent / "sglang-sage.journal"
+
+
+def test_status_names_a_journal_left_behind(world: dict[str, Path], tmp_path: Path) -> None:
+    t = target(world, make_installed(tmp_path / "inst"))
+    t.journal_dir().mkdir(parents=True)
+    assert patcher.status(t).warnings == [
+        f"an interrupted run left a journal ({t.journal_dir()}): the next apply or revert rolls it back first"
+    ]
+
+
+def test_apply_and_revert_write_ahead_into_the_journal(world: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    t = target(world, make_installed(tmp_path / "inst"))
+    seen: list[bool] = []
+    real = patcher.Transaction.write_bytes
+
+    def spy(self, path, data, mode=None):  # type: ignore[no-untyped-def]
+        seen.append(t.journal_dir().is_dir() and self.journal == t.journal_dir())
+        real(self, path, data, mode)
+
+    monkeypatch.setattr(patcher.Transaction, "write_bytes", spy)
+    rep = patcher.apply(t)
+    assert rep.changed is True and seen and all(seen)
+    assert not t.journal_dir().exists()  # dropped on commit
+    seen.clear()
+    rep = patcher.revert(target(world, tmp_path / "inst"))
+    assert rep.changed is True and not t.journal_dir().exists()
+    again = patcher.revert(target(world, tmp_path / "inst"))
+    assert again.changed is False and again.command == "revert"
+    assert patcher.apply(t).command == "apply" and patcher.apply(t).changed is False
+
+
+def test_require_clean_and_require_pristine(world: dict[str, Path], tmp_path: Path) -> None:
+    root = make_checkout(tmp_path / "co")
+    t = target(world, root)
+    patcher.require_clean(t, None, hint="commit first")
+    patcher.require_pristine(t)
+    for k in range(25):
+        (root / f"untracked{k:02d}.txt").write_text("x")
+    with pytest.raises(SageError) as info:
+        patcher.require_clean(t, None, hint="commit first")
+    assert info.value.message == f"{root.resolve()}: uncommitted changes (the checkout is not clean) (commit first)"
+    assert info.value.details == [f"untracked{k:02d}.txt" for k in range(20)]  # the first 20
+    (root / "python/sglang/srt/sage.py").write_text("other\n")
+    (root / "python/pyproject.toml").write_text(PYPROJECT.replace('"torch"', '"torch", "jinja2", "tomli"'))
+    with pytest.raises(SageError) as info:
+        patcher.require_pristine(t)  # the applied-looking edit step alone would not count
+    assert info.value.message == (f"{root.resolve()}: not a pristine SGLang 9.9.9 checkout (pins of {t.manifest.path})")
+    assert info.value.details == ["python/sglang/srt/sage.py: drifted (installed file differs from overlay/)"]
+    inst = make_installed(tmp_path / "inst")
+    ti = target(world, inst)
+    patcher.apply(ti)
+    with pytest.raises(SageError) as info:
+        patcher.require_pristine(ti, patcher.status_items(ti))
+    assert info.value.message.endswith(f"not a pristine SGLang 9.9.9 tree (pins of {ti.manifest.path})")
+    assert info.value.details[0] == f"{ARGS}: applied"
+
+
+def test_revert_refuses_a_recorded_bytecode_path_through_a_link(world: dict[str, Path], tmp_path: Path) -> None:
+    root = make_installed(tmp_path / "inst")
+    t = target(world, root)
+    patcher.apply(t)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "sglang/srt/__pycache__").symlink_to(elsewhere)
+    patcher.record_pyc(t, [], {})
+    state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
+    state["pyc"] = ["sglang/srt/__pycache__/registry.cpython-311.pyc"]
+    (t.state_dir() / patcher.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(SageError, match="never writes through a symbolic link") as info:
+        patcher.revert(target(world, root))
+    assert info.value.details == [f"{root.resolve()}/sglang/srt/__pycache__: is a symbolic link (-> {elsewhere})"]
+
+
+def test_overlay_mode_does_not_depend_on_the_umask(world: dict[str, Path], tmp_path: Path) -> None:
+    root = make_installed(tmp_path / "inst")
+    old = os.umask(0o077)
+    try:
+        patcher.apply(target(world, root))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((root / "sglang/srt/sage.py").stat().st_mode) == 0o644
