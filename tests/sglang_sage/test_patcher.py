@@ -1006,15 +1006,26 @@ def test_apply_and_revert_write_ahead_into_the_journal(world: dict[str, Path], t
         real(self, path, data, mode)
 
     monkeypatch.setattr(patcher.Transaction, "write_bytes", spy)
+    journals: list[object] = []
+    real_init = patcher.Transaction.__init__
+
+    def init_spy(self, journal=None):  # type: ignore[no-untyped-def]
+        journals.append(journal)
+        real_init(self, journal)
+
+    monkeypatch.setattr(patcher.Transaction, "__init__", init_spy)
     rep = patcher.apply(t)
     assert rep.changed is True and seen and all(seen)
     assert not t.journal_dir().exists()  # dropped on commit
     seen.clear()
     rep = patcher.revert(target(world, tmp_path / "inst"))
     assert rep.changed is True and not t.journal_dir().exists()
+    assert journals == [t.journal_dir(), t.journal_dir()]  # apply's and revert's transactions both journal
     again = patcher.revert(target(world, tmp_path / "inst"))
     assert again.changed is False and again.command == "revert"
-    assert patcher.apply(t).command == "apply" and patcher.apply(t).changed is False
+    assert patcher.apply(t).changed is True
+    already = patcher.apply(t)
+    assert (already.command, already.changed) == ("apply", False)
 
 
 def test_require_clean_and_require_pristine(world: dict[str, Path], tmp_path: Path) -> None:
@@ -1054,9 +1065,14 @@ def test_revert_refuses_a_recorded_bytecode_path_through_a_link(world: dict[str,
     state = json.loads((t.state_dir() / patcher.STATE_FILE).read_text())
     state["pyc"] = ["sglang/srt/__pycache__/registry.cpython-311.pyc"]
     (t.state_dir() / patcher.STATE_FILE).write_text(json.dumps(state))
-    with pytest.raises(SageError, match="never writes through a symbolic link") as info:
+    with pytest.raises(SageError) as info:
         patcher.revert(target(world, root))
-    assert info.value.details == [f"{root.resolve()}/sglang/srt/__pycache__: is a symbolic link (-> {elsewhere})"]
+    link = f"{root.resolve()}/sglang/srt/__pycache__"
+    assert info.value.message == (
+        f"{link}: sglang-sage never writes through a symbolic link or outside {root.resolve()} "
+        "(nothing was changed; replace the link by a real directory or file)"
+    )
+    assert info.value.details == [f"{link}: is a symbolic link (-> {elsewhere})"]
 
 
 def test_overlay_mode_does_not_depend_on_the_umask(world: dict[str, Path], tmp_path: Path) -> None:
@@ -1067,3 +1083,27 @@ def test_overlay_mode_does_not_depend_on_the_umask(world: dict[str, Path], tmp_p
     finally:
         os.umask(old)
     assert stat.S_IMODE((root / "sglang/srt/sage.py").stat().st_mode) == 0o644
+
+
+def test_every_managed_path_is_checked_for_links(world: dict[str, Path], tmp_path: Path, digest) -> None:
+    root = make_source_tree(tmp_path / "src")
+    real = tmp_path / "real.toml"
+    (root / "pyproject.toml").rename(real)
+    (root / "pyproject.toml").symlink_to(real)  # the edit step's file
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (root / "sglang/srt/deep").symlink_to(other)  # an overlay destination's directory
+    before = digest(root)
+    with pytest.raises(SageError) as info:
+        patcher.apply(target(world, root))
+    assert sorted(info.value.details) == [
+        f"{root.resolve()}/pyproject.toml: is a symbolic link (-> {real})",
+        f"{root.resolve()}/sglang/srt/deep: is a symbolic link (-> {other})",
+    ]
+    assert digest(root) == before
+
+
+def test_open_target_uses_the_committed_patch_sets_by_default(world: dict[str, Path], tmp_path: Path) -> None:
+    root = make_installed(tmp_path / "inst")
+    with pytest.raises(SageError, match="^SGLang 9.9.9 is not supported: no patch set patches/9.9.9/"):
+        patcher.open_target(root)
