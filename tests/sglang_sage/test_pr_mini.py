@@ -191,3 +191,130 @@ def test_refusals_change_nothing(world: dict[str, Path], co: Path, tmp_path: Pat
     assert want in info.value.message, info.value.message
     assert digest(co) == before
     assert case == "out not empty" or not out.exists() or case == "out inside"
+
+
+def test_json_and_commit_messages_in_full(world: dict[str, Path], co: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = prepare(world, co, out)
+    v = res.verdict
+    tree = v.branch_tree
+    assert res.to_json() == {
+        "command": "pr",
+        "target": str(co.resolve()),
+        "version": "9.9.9",
+        "branch": "sage-attn/9.9.9",
+        "base": res.base,
+        "head": "refs/heads/master",
+        "out": str(out),
+        "exit_code": 0,
+        "message": res.message,
+        "commits": [
+            {
+                "sha": c.sha,
+                "subject": c.subject,
+                "step": c.step,
+                "files": [
+                    {"path": f.path, "source": f.source, "added": f.added, "removed": f.removed} for f in c.files
+                ],
+            }
+            for c in res.commits
+        ],
+        "written": res.written,
+        "skipped_steps": [],
+        "verdict": {
+            "ok": True,
+            "git_am_applies": True,
+            "am_tree": tree,
+            "branch_tree": tree,
+            "apply_tree": tree,
+            "am_tree_equals_branch": True,
+            "apply_tree_equals_branch": True,
+            "style_ok": True,
+            "style_checked": 5,
+            "style_error": "",
+            "style_problems": [],
+            "details": [],
+        },
+        "warnings": [],
+    }
+    files = [(f.path, f.source, f.added, f.removed) for c in res.commits for f in c.files]
+    assert files == [
+        ("python/sglang/srt/deep/er/k.py", "overlay/sglang/srt/deep/er/k.py", 1, 0),
+        ("python/sglang/srt/sage.py", "overlay/sglang/srt/sage.py", 1, 0),
+        ("test/registered/test_sage.py", "overlay/test/registered/test_sage.py", 2, 0),
+        ("python/sglang/srt/args.py", "0001-register.patch", 1, 1),
+        ("python/sglang/srt/registry.py", "0001-register.patch", 1, 1),
+        ("python/pyproject.toml", "0002-pyproject.edit.toml", 1, 1),
+    ]
+    tip = git(co, "rev-parse", "sage-attn/9.9.9")
+    messages = [git(co, "log", "-1", "--format=%B", f"{tip}~{k}") for k in (2, 1, 0)]
+    assert messages[1] == "Register sage\n\nregister the sage backend\n\nOrigin: vendor\nForwarded: not-needed"
+    assert messages[2] == "deps\n\nOrigin: vendor\nForwarded: not-needed"
+    assert messages[0].startswith("Add the sage_attn attention backend (8-bit SageAttention)\n\n")
+    assert "New files:\n- python/sglang/srt/deep/er/k.py\n- python/sglang/srt/sage.py\n" in messages[0]
+    assert messages[0].endswith("Origin: vendor, sglang-sage overlay/ (sha256 pinned in patches/9.9.9/manifest.toml)\n"
+                                "Forwarded: not-yet")  # fmt: skip
+    dates = git(co, "log", "--format=%ad|%cd", "--date=iso-strict", f"{res.base}..{tip}").splitlines()
+    assert dates == ["2026-11-21T00:00:00+00:00|2026-11-21T00:00:00+00:00"] * 3
+
+
+def test_failed_verdict_json(world: dict[str, Path], co: Path, tmp_path: Path, monkeypatch) -> None:
+    real = pr.patcher.apply
+
+    def apply_plus_one(t, **kw):  # type: ignore[no-untyped-def]
+        report = real(t, **kw)
+        (t.layout.root / "python/sglang/extra.py").write_text("x = 1\n")
+        return report
+
+    monkeypatch.setattr(pr.patcher, "apply", apply_plus_one)
+    v = prepare(world, co, tmp_path / "out").verdict.to_json()
+    assert (v["ok"], v["git_am_applies"], v["am_tree_equals_branch"], v["apply_tree_equals_branch"]) == (
+        False, True, True, False
+    )  # fmt: skip
+    assert v["am_tree"] == v["branch_tree"] != v["apply_tree"] != ""
+    assert v["details"] == [
+        "branch vs apply: python/sglang/extra.py | 1 +",
+        "branch vs apply: 1 file changed, 1 insertion(+)",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "Jane", "<jane@x>", "Jane jane@x"])
+def test_bad_author_is_refused(text: str) -> None:
+    with pytest.raises(SageError) as info:
+        pr.parse_author(text)
+    assert info.value.message == f"--author {text!r}: expected 'Name <user@host>'"
+
+
+def test_author_and_helpers() -> None:
+    a = pr.parse_author("Jane Doe <jane@example.org>")
+    assert (a.name, a.email) == ("Jane Doe", "jane@example.org")
+    assert pr._subject_and_body("", "Add x.\n body line\n") == ("Add x", " body line")
+    assert pr._subject_and_body("Mail subject", "Mail subject.\nmore") == ("Mail subject", "more")
+    assert pr._subject_and_body("Other", "First line\nmore") == ("Other", "First line\nmore")
+    assert pr._subject_and_body("", "") == ("", "")
+    assert pr._trailers({"Origin": " a\n  b ", "Other": "x"}) == {"Origin": "a b", "Forwarded": ""}
+    assert pr._date_key("not a date") == 0.0
+    assert pr._date_key("Sat, 21 Nov 2026 00:00:00 +0000") == 1795219200.0
+
+
+def test_rollback_removes_what_it_published(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    d = tmp_path / "objects" / "ab"
+    d.mkdir(parents=True)
+    obj = d / "cdef"
+    obj.write_text("x")
+    kept = tmp_path / "objects" / "cd"
+    kept.mkdir()
+    (kept / "other").write_text("y")  # a directory that still holds someone else's object stays
+    out = tmp_path / "out"
+    out.mkdir()
+    mail = out / "0001.patch"
+    mail.write_text("m")
+    pr._rollback(repo, "refs/heads/x", [d, obj, kept], [mail], out)
+    assert not d.exists() and (kept / "other").exists() and not out.exists()
+    out.mkdir()
+    (out / "user-file").write_text("u")
+    pr._rollback(repo, "refs/heads/x", [], [], out)
+    assert (out / "user-file").exists()  # not empty: kept
