@@ -225,7 +225,7 @@ def _bound(target: ast.expr) -> set[str]:
     if isinstance(target, ast.Name):
         return {target.id}
     if isinstance(target, (ast.Tuple, ast.List)):
-        return set().union(*(_bound(e) for e in target.elts)) if target.elts else set()
+        return set().union(*(_bound(e) for e in target.elts))
     if isinstance(target, ast.Starred):
         return _bound(target.value)
     return set()
@@ -283,7 +283,7 @@ def _absolute(module: str | None, level: int, current: str, is_package: bool) ->
         return module or ""
     parts = current.split(".")
     base = parts if is_package else parts[:-1]
-    base = base[: len(base) - (level - 1)] if level > 1 else base
+    base = base[: len(base) - (level - 1)]
     return ".".join([*base, module] if module else base)
 
 
@@ -334,8 +334,8 @@ def _annotation_names(ann: ast.expr | None) -> list[str]:
         return []
     if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):
         return _annotation_names(ann.left) + _annotation_names(ann.right)
-    dotted = _dotted(ann)
-    return [dotted] if dotted and dotted != "None" else []
+    dotted = _dotted(ann)  # `None` is a Constant, never a name
+    return [dotted] if dotted else []
 
 
 def _sig_problems(
@@ -356,11 +356,10 @@ def _sig_problems(
     for a in base.args.kwonlyargs:
         if a.arg not in o_pos and a.arg not in o_kwonly and over.args.kwarg is None:
             problems.append(f"missing keyword parameter {a.arg!r}")
-    n_defaults = len(over.args.defaults)
-    required_pos = o_pos[: len(o_pos) - n_defaults] if n_defaults else o_pos
+    required_pos = o_pos[: len(o_pos) - len(over.args.defaults)]
     for name in required_pos[len(b_pos) :]:
         problems.append(f"extra required parameter {name!r}")
-    for a, d in zip(over.args.kwonlyargs, over.args.kw_defaults, strict=True):
+    for a, d in zip(over.args.kwonlyargs, over.args.kw_defaults):  # ast keeps them the same length
         if d is None and a.arg not in {x.arg for x in base.args.kwonlyargs} and a.arg not in b_pos:
             problems.append(f"extra required keyword parameter {a.arg!r}")
     if base.args.kwarg is not None and over.args.kwarg is None:
@@ -378,12 +377,12 @@ def _module_name(path: Path, overlay_root: Path) -> tuple[str, bool]:
 
 
 def check_file(path: Path, overlay_root: Path, src: Sources, display_root: Path) -> list[Miss]:
-    """All misses in one overlay file."""
+    """All misses in one overlay file (`overlay_root` holds sglang/ and test/; module names are relative to it)."""
     tree = _parse(path)
     shown = path.relative_to(display_root).as_posix() if display_root in path.parents else str(path)
     if tree is None:
         return [Miss(shown, 1, "<file>", "does not parse as Python")]
-    current, is_pkg = _module_name(path, overlay_root.parent if overlay_root.name == "sglang" else overlay_root)
+    current, is_pkg = _module_name(path, overlay_root)
     misses: list[Miss] = []
 
     # 1. imports
@@ -443,14 +442,13 @@ def check_file(path: Path, overlay_root: Path, src: Sources, display_root: Path)
                             )
                         )
 
-    # 3. AttentionBackend subclasses: public methods must exist on the SGLang base, compatibly
-    base_info = None
+    # 3. AttentionBackend subclasses: public methods must exist on the SGLang base(s) of each class, compatibly
     for cls_node in ast.walk(tree):
         if not isinstance(cls_node, ast.ClassDef):
             continue
         if not _derives_from_backend(cls_node, imports, current, tree, src):
             continue
-        base_info = base_info or _sglang_bases_info(cls_node, imports, current, tree, src)
+        base_info = _sglang_bases_info(cls_node, imports, current, tree, src)
         if base_info is None:
             continue
         for item in cls_node.body:
@@ -560,8 +558,5 @@ def check(overlay_root: Path, layout: Layout, include_tests: bool = True) -> lis
             continue
         if not include_tests and pkg_overlay not in path.parents:
             continue
-        if pkg_overlay in path.parents:
-            misses += check_file(path, pkg_overlay, src, overlay_root.parent)
-        else:
-            misses += check_file(path, overlay_root, src, overlay_root.parent)
+        misses += check_file(path, overlay_root, src, overlay_root.parent)
     return misses

@@ -17,12 +17,11 @@ class GitApply:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.executable = require_git()
+        require_git()  # refuse now, before any check, when there is no git
         self.env: dict[str, str] = {}
-        self.prefix = ""
-        if layout.is_git:
-            self.prefix = self.run(["rev-parse", "--show-prefix"]).stdout.strip()
-        else:
+        # A checkout's top level is DIR itself (DIR/.git exists, and gitrun drops GIT_DIR/GIT_WORK_TREE), so
+        # repo paths need no prefix there.
+        if not layout.is_git:
             # Never let git find an enclosing repository (e.g. a venv inside a project checkout):
             # inside one, git apply takes paths relative to *that* repo and skips ours.
             self.env["GIT_CEILING_DIRECTORIES"] = str(layout.apply_dir.parent)
@@ -35,8 +34,6 @@ class GitApply:
         self, patches: list[Path], *, check: bool, reverse: bool, three_way: bool, include: list[str] | None
     ) -> list[str]:
         args = ["apply", f"-p{self.layout.strip}", "--whitespace=nowarn"]
-        if self.prefix:
-            args.append(f"--directory={self.prefix.rstrip('/')}")
         if check:
             args.append("--check")
         if reverse:
@@ -49,8 +46,7 @@ class GitApply:
 
     def _mapped(self, repo_path: str) -> str:
         """How git apply names a repo-relative path after -p stripping (for --include)."""
-        stripped = repo_path if self.layout.strip == 1 else repo_path.split("/", 1)[1]
-        return self.prefix + stripped
+        return repo_path if self.layout.strip == 1 else repo_path.split("/", 1)[1]
 
     def check(self, patches: list[Path], *, reverse: bool = False, include: list[str] | None = None) -> GitResult:
         """Dry run: would these patches apply (or un-apply) cleanly, all of them, in order?"""

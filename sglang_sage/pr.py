@@ -299,8 +299,6 @@ def _prepare_locked(
     root = layout.root
     if out.resolve() == root or root in out.resolve().parents:
         raise SageError(f"--out {out}: is inside the checkout {root}; the mails would dirty the tree they describe")
-    if t.git.prefix:
-        raise SageError(f"{root}: is a subdirectory ({t.git.prefix}) of a git repository; name the repository root")
     step = "checking the checkout"
     progress(step)
     base = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", step=step, check=False)

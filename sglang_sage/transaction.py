@@ -69,7 +69,7 @@ class Transaction:
             if entry["op"] == "file":
                 data = (journal / entry["data"]).read_bytes() if entry.get("data") else None
                 tx._saved.setdefault(path, (data, entry.get("mode")))
-            elif entry["op"] == "mkdir":
+            elif entry["op"] == "mkdir" and path not in tx._removed_dirs:  # made again after removing: it stays
                 tx._created_dirs.append(path)
             elif entry["op"] == "rmdir":
                 tx._removed_dirs.append(path)
@@ -91,7 +91,10 @@ class Transaction:
             self._saved[path] = (None, None)
 
     def ensure_dir(self, directory: Path) -> None:
-        """mkdir -p, remembering which directories did not exist so rollback can remove them."""
+        """mkdir -p, remembering which directories did not exist so rollback can remove them.
+
+        A directory this transaction removed and now creates again existed before: rollback keeps it.
+        """
         missing: list[Path] = []
         d = Path(directory)
         while not d.exists():
@@ -100,7 +103,8 @@ class Transaction:
         for d in reversed(missing):
             self._log({"op": "mkdir", "path": str(d)})
             d.mkdir()
-            self._created_dirs.append(d)
+            if d not in self._removed_dirs:
+                self._created_dirs.append(d)
 
     def write_bytes(self, path: Path, data: bytes, mode: int | None = None) -> None:
         """Write a file inside the transaction."""
@@ -135,13 +139,13 @@ class Transaction:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for d in reversed(self._removed_dirs):
+            for d in reversed(self._removed_dirs):  # outermost first; it may exist again already
                 d.mkdir(parents=True, exist_ok=True)
             for path, (data, mode) in self._saved.items():
                 if data is None:
                     path.unlink(missing_ok=True)
                 else:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.parent.mkdir(parents=True, exist_ok=True)  # `git apply` may have removed emptied dirs
                     if path.exists():
                         os.chmod(path, mode | 0o200 if mode is not None else 0o644)
                     path.write_bytes(data)

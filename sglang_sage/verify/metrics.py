@@ -35,12 +35,12 @@ def coarse_kl(p_ids: np.ndarray, p_lp: np.ndarray, q_ids: np.ndarray, q_lp: np.n
     q_at_p = np.where(eq, q_lp[:, None, :], 0.0).sum(axis=2)  # sage log-prob of each shared entry
     p = np.where(shared, np.exp(p_lp), 0.0)
     q = np.where(shared, np.exp(q_at_p), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cell = np.where(shared, p * (p_lp - q_at_p), 0.0).sum(axis=1)
-    p_rest = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
-    q_rest = np.clip(1.0 - q.sum(axis=1), _EPS, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rest = np.where(p_rest > 0, p_rest * (np.log(np.maximum(p_rest, _EPS)) - np.log(q_rest)), 0.0)
+    # a token P gives probability 0 (log-prob -inf) adds nothing (0·log 0 = 0), not 0·(-inf) = nan
+    with np.errstate(invalid="ignore"):
+        cell = np.where(shared & (p > 0), p * (p_lp - q_at_p), 0.0).sum(axis=1)
+    p_rest = np.maximum(1.0 - p.sum(axis=1), 0.0)  # top-K mass a rounding hair above 1: no rest
+    q_rest = np.maximum(1.0 - q.sum(axis=1), _EPS)  # Q leaves no mass where P has some: large, not inf
+    rest = p_rest * (np.log(np.maximum(p_rest, _EPS)) - np.log(q_rest))
     # tiny negative values can only come from rounding: KL >= 0
     return np.maximum(cell + rest, 0.0)
 
@@ -92,7 +92,7 @@ def compare_topk(p_ids: np.ndarray, p_lp: np.ndarray, q_ids: np.ndarray, q_lp: n
     d = shared_abs_delta(p_ids, p_lp, q_ids, q_lp)
     agree = top1_ids(p_ids, p_lp) == top1_ids(q_ids, q_lp)
     same_set = np.array([set(a.tolist()) == set(b.tolist()) for a, b in zip(p_ids, q_ids)])
-    rest = np.clip(1.0 - np.exp(np.atleast_2d(p_lp).astype(np.float64)).sum(axis=1), 0.0, 1.0)
+    rest = np.maximum(1.0 - np.exp(np.atleast_2d(p_lp).astype(np.float64)).sum(axis=1), 0.0)
     return LogitComparison(
         positions=int(n),
         mean_kl=float(kl.mean()),

@@ -144,3 +144,18 @@ def test_real_overlay_against_real_tree(pristine_installed: Path) -> None:
     """The backend in overlay/ only uses internals SGLang 0.5.17 has (fails loudly while it does not)."""
     found = apicheck.check(OVERLAY_DIR, detect(pristine_installed))
     assert found == [], "\n".join(map(str, found))
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    ['"ForwardBatch"', 'Optional["ForwardBatch"]', '"Optional[ForwardBatch]"', "ForwardBatch | None"],
+)
+def test_quoted_and_optional_annotations_are_followed(
+    pristine_installed: Path, tmp_path: Path, annotation: str
+) -> None:
+    src = GOOD.replace(
+        "def init_forward_metadata(self, forward_batch: ForwardBatch):",
+        f"def init_forward_metadata(self, forward_batch: {annotation}):",
+    ).replace("forward_batch.seq_lens,", "forward_batch.seq_lens, forward_batch.no_such_field,")
+    assert annotation in src and "no_such_field" in src
+    assert [m.name for m in misses(pristine_installed, write_overlay(tmp_path, src))] == ["forward_batch.no_such_field"]

@@ -355,6 +355,24 @@ def test_pr_self_check_mismatch_is_reported(co: Path, tmp_path: Path, monkeypatc
     assert "**MISMATCH**" in (tmp_path / "out/PR.md").read_text()
 
 
+def test_pr_self_check_applies_to_the_base_not_to_the_branch(co: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The apply leg must start from the pristine base (the clone is reset after `git am`): applied on the
+    branch's own tree it would say "already applied" and prove nothing."""
+    real_apply = pr.patcher.apply
+    seen: list[tuple[str, bool]] = []
+
+    def spy(t, **kw):  # type: ignore[no-untyped-def]
+        state = patcher.status(t).state
+        report = real_apply(t, **kw)
+        seen.append((state, report.changed))
+        return report
+
+    monkeypatch.setattr(pr.patcher, "apply", spy)
+    code, rep = run_pr(capsys, "--sglang-dir", str(co), "--out", str(tmp_path / "out"))
+    assert code == ec.OK and rep["verdict"]["ok"], rep
+    assert seen == [(patcher.PRISTINE, True)]
+
+
 def test_mail_header_and_dep3_description() -> None:
     """Folded subjects (0.5.8's overlay patch) and DEP-3 paragraphs survive into the commit message."""
     text = (PATCHES / "0.5.8/0003-sage_attn-use-SGLang-0.5.8-CUDA-graph-hooks-and-CI-registration.patch").read_text()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +104,19 @@ def test_perplexity_delta_fails(tmp_path, inputs):
     assert tables["buckets"]["medium"]["ppl_rel_delta"] == pytest.approx(want)
     assert c["context"].status == "fail"
     assert not ck.verdict(checks)
+
+
+def test_perplexity_lower_than_baseline_beyond_the_bar_fails_too(tmp_path, inputs):
+    """|Δ| is what the bar limits: a sage perplexity 1 % *below* the baseline is a change, not a win."""
+    for b in ("short", "medium", "long"):
+        inputs.sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"lo_{b}.npz", 1000, 1.99)
+    checks, tables = ck.evaluate(inputs, ["perplexity", "context"], SPECS)
+    c = by_id(checks)
+    assert tables["buckets"]["medium"]["ppl_rel_delta"] == pytest.approx(math.exp(-0.01) - 1)
+    crit = next(x for x in c["perplexity"].criteria if x.name == "|relative Δ perplexity|")
+    assert crit.value == pytest.approx(1 - math.exp(-0.01)) and crit.passed is False
+    assert c["perplexity"].status == "fail"
+    assert c["context"].status == "fail"
 
 
 def test_kl_and_top1_fail(tmp_path, inputs):
@@ -227,7 +243,6 @@ def test_report_render_and_plots(tmp_path, inputs):
     back = json.loads((tmp_path / "report.json").read_text())
     assert back["bad"] == "nan" and back["verdict"] == "pass"
     assert report.fmt(1.23456e-5) == "1.23e-05" and report.fmt(12345.6) == "12,346" and report.fmt(True) == "yes"
-    pytest.importorskip("matplotlib")
     made = plots.make_all(tables, ck.default_thresholds(), tmp_path)
     for name in ("drift_over_depth.png", "context_buckets.png", "throughput.png"):
         assert made[name] == name, made[name]
@@ -426,7 +441,6 @@ def test_report_has_floor_compare_and_speed_columns(tmp_path, inputs):
     assert "### Llama-3.1-8B geometry (dummy weights)" in md and "| sage/fa3+fp8_e4m3 |" in md
     assert "- floor (another exact backend vs the baseline, same positions): `flashinfer`" in md
     assert "- compared configurations: `fa3+fp8_e4m3`" in md
-    pytest.importorskip("matplotlib")
     made = plots.make_all(tables, ck.default_thresholds(), tmp_path)
     for name in ("context_buckets.png", "throughput.png", "throughput_speed_model.png"):
         assert made[name] == name, made[name]
@@ -440,3 +454,283 @@ def test_old_report_still_renders():
     old = json.loads((Path(__file__).resolve().parents[2] / "reports/0.5.17/nvidia-h200/report.json").read_text())
     md = report.render_md(old)
     assert "## Accuracy per context bucket" in md and "## Throughput" in md
+
+
+# ---- golden: every criterion's name, value, threshold, unit, note and verdict, in several scenarios ---------------
+#
+# The report shows these texts and numbers verbatim, so they are compared in full against tests/verify/golden/.
+# After an intended change: SGLANG_SAGE_UPDATE_GOLDEN=1 python -m pytest tests/verify/test_checks_report.py -k golden
+# (rewrites the file and fails once), then review the diff.
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "checks.json"
+
+
+def _degraded(tmp_path, inp: ck.Inputs) -> None:
+    """A run where many things went partly wrong: each check takes its less common branches."""
+    inp.base["flag_probe"] = {
+        "field_default": "",
+        "auto_selector_mentions_sage": False,
+        "resolved_default_error": "RuntimeError: no GPU",
+        "cli_flag_error": "invalid choice: 'sage_attn'",
+        "choices_has_sage": False,
+    }
+    inp.overlay = {"checked": True, "identical": False, "differ": ["srt/x.py"], "missing": ["srt/y.py"]}
+    stats = inp.sage["stats"]
+    stats["after_throughput"] = stats.pop("final")
+    inp.sage["radix_hit_counter_delta"] = {"extend_prefix_8bit_layer_calls": 30}
+    inp.server = {"ok": False, "error": "connection refused", "cmd": ["python", "-m", "sglang.launch_server"],
+                  "start_s": 12.5, "engine_text_same": False, "stats": {}}  # fmt: skip
+    del inp.sage["phases"]["accuracy"]["medium"]["npz"]
+    inp.sage["phases"]["accuracy"]["medium"]["error"] = "CUDA out of memory"
+    inp.base["phases"]["passkey"] = [t for t in inp.base["phases"]["passkey"] if t["bucket"] != "short"]
+    inp.sage["phases"]["throughput"][1] = {"shape": "decode", "batch": 32, "skipped": "time budget"}
+    inp.base["phases"]["throughput"].append({"shape": "decode", "batch": 1, "walls_s": []})
+    inp.sage["memory"] = {"before_start_nvml_mib": 1000.0, "after_start_nvml_mib": 6000.0, "peak_nvml_mib": 7000.0,
+                          "before_start_torch": {"used_mib": 10.0}, "after_start_torch": {"used_mib": 4010.0},
+                          "nvml_error": "partial"}  # fmt: skip
+    inp.sage["server_info"]["max_total_num_tokens"] = 900
+    inp.drift["errors"] = {"4096": "OutOfMemoryError: tried to allocate"}
+    inp.drift["kernel_source"] = "overlay"
+    inp.sage["phases"]["determinism"]["radix_hit"] = [{"output_ids": [1, 2, 3], "cached_tokens": 0}] * 2
+    inp.sage["phases"]["determinism"]["after_flush"] = [{"output_ids": [9], "cached_tokens": 0}]
+
+
+def _near_floor(tmp_path, inp: ck.Inputs) -> None:
+    """sage a little off the baseline on every position: the criteria against the floor get real numbers."""
+    for b in ("short", "medium", "long"):
+        inp.sage["phases"]["accuracy"][b]["npz"] = write_bucket(tmp_path / f"s2_{b}.npz", 1000, 2.002, kl=0.005)
+
+
+def _engine_down(tmp_path, inp: ck.Inputs) -> None:
+    inp.sage = {"engine_started": False, "errors": {"engine_start": "ValueError: invalid choice"}}
+    inp.base.pop("flag_probe")
+    inp.server = None
+    inp.drift = {"fatal": "CUDA error: no kernel image"}
+
+
+def _dummy(tmp_path, inp: ck.Inputs) -> None:
+    inp.accuracy_applicable = False
+    inp.notes = {"accuracy": "dummy weights: accuracy is meaningless"}
+    inp.sage["phases"]["throughput"] = []
+    inp.sage["errors"] = {"throughput": "RuntimeError: engine died", "determinism": "not run"}
+    del inp.sage["phases"]["determinism"]
+
+
+def _no_data(tmp_path, inp: ck.Inputs) -> None:
+    inp.base, inp.sage, inp.drift = None, None, None
+
+
+def _stats_variants(tmp_path, inp: ck.Inputs) -> None:
+    """Counters from the latest snapshot there is; the radix-hit delta is after − before."""
+    c = {"prefill_8bit_layer_calls": 111, "extend_prefix_8bit_layer_calls": 400}
+    inp.sage["stats"] = {
+        "before_radix_hit": {"counters": {"prefill_8bit_layer_calls": 5, "extend_prefix_8bit_layer_calls": 7}},
+        "after_passkey": {"counters": c, "processes": 2},
+        "after_accuracy": {"counters": {"prefill_8bit_layer_calls": 222}, "processes": 3},
+        "after_partial_prefix": {"counters": {"prefill_8bit_layer_calls": 333, "extend_prefix_8bit_layer_calls": 50}},
+    }
+    inp.base["stats"] = {}  # a baseline without counter snapshots: the "not fake" criterion is not added
+    inp.base["flag_probe"] = {
+        "field_default": "sage_attn",
+        "auto_selector_mentions_sage": False,
+        "cli_flag_backend": None,
+    }
+    inp.overlay = {"checked": True, "identical": True, "exact_expected": False}
+
+
+def _stats_later(tmp_path, inp: ck.Inputs) -> None:
+    inp.sage["stats"] = {
+        "before_radix_hit": {"counters": {"prefill_8bit_layer_calls": 5}},  # no extend counter yet: counts as 0
+        "after_accuracy": {"counters": {"prefill_8bit_layer_calls": 222}},
+        "after_partial_prefix": {"counters": {"extend_prefix_8bit_layer_calls": 50}},
+    }
+    inp.base["flag_probe"] = {"field_default": None, "auto_selector_mentions_sage": True,
+                              "resolved_default_error": "E" * 300}  # fmt: skip
+    inp.overlay = {"checked": True, "identical": False, "differ": [], "missing": ["x"], "exact_expected": False}
+
+
+def _stats_last(tmp_path, inp: ck.Inputs) -> None:
+    inp.sage["stats"] = {"after_partial_prefix": {"counters": {"prefill_8bit_layer_calls": 333}}}
+    inp.base["flag_probe"] = {}
+    inp.overlay = {"checked": False}
+    inp.sage["server_info"] = {"attention_backend": "triton"}
+
+
+def _long_errors(tmp_path, inp: ck.Inputs) -> None:
+    inp.sage = {"engine_started": False, "errors": {"engine_start": "S" * 1000},
+                "server_info": {"attention_backend": "sage_attn"}}  # fmt: skip
+    inp.drift = {"fatal": "F" * 1000, "lengths": inp.drift["lengths"]}  # fatal wins even with data
+
+
+def _odd_tables(tmp_path, inp: ck.Inputs) -> None:
+    """Buckets that failed in different ways, rows skipped on either side, odd memory and determinism data."""
+    acc_b, acc_s = inp.base["phases"]["accuracy"], inp.sage["phases"]["accuracy"]
+    acc_b["short"] = {"skipped": "time budget"}
+    acc_s["medium"]["npz"] = str(tmp_path / "gone.npz")  # unreadable: an error row, the others still count
+    acc_b["long"] = {"error": "OOM"}
+    acc_s["long"] = {"skipped": "too long"}
+    inp.base["phases"]["odd"] = Path("/x")  # not JSON: the table cache key must still work
+    inp.base["phases"]["passkey"] = [{"bucket": "short", "answer": None, "key": "12345"}]
+    inp.sage["phases"]["passkey"] = [{"bucket": "short"}]  # broken trial: the table records the error
+    tp_b, tp_s = inp.base["phases"]["throughput"], inp.sage["phases"]["throughput"]
+    tp_b[0] = {"shape": "prefill", "batch": 1, "skipped": "time budget"}
+    tp_s.insert(0, {"shape": "decode", "batch": 8, "skipped": "oom"})
+    tp_s.append({"shape": "decode", "batch": 4, "input_len": 8, "output_len": 2, "walls_s": [1.0],
+                 "input_tokens": 8, "output_tokens": 8, "ttft_wall_s": 0.25})  # fmt: skip
+    tp_s.append({"shape": "prefill", "batch": 2, "input_len": 8, "output_len": 1, "walls_s": [0.5, 0.7],
+                 "input_tokens": 16, "output_tokens": 2})  # fmt: skip
+    tp_b.append({"shape": "decode", "batch": 4, "input_len": 8, "output_len": 2, "walls_s": [1.0],
+                 "input_tokens": 8, "output_tokens": 8})  # fmt: skip
+    tp_b.append({"shape": "prefill", "batch": 2, "skipped": "no data"})
+    inp.base["memory"] = {"after_start_nvml_mib": 5000.0, "peak_nvml_mib": 4000.0, "after_start_torch": {"used_mib": 1}}
+    inp.base["server_info"] = {"attention_backend": "triton", "memory_usage": 12.5}
+    inp.sage["memory"] = {"before_start_nvml_mib": 1000.0, "before_start_torch": {"used_mib": 1}}
+    det = inp.sage["phases"]["determinism"]
+    det["cold"] = [{"output_ids": [1]}, {"output_ids": [2]}]
+    det["radix_hit"] = [{"output_ids": [1], "cached_tokens": None}]
+    del det["after_flush"]
+    inp.sage["errors"] = {"throughput": "T" * 600}
+    lengths = inp.drift["lengths"]
+    lengths["4096"] = {**lengths["256"], "propagated_rel_l2": [0.01, 0.03, 0.3], "propagated_cos": [1, 0.99, 0.9]}
+    lengths["1024"] = lengths.pop("256")
+    inp.drift["errors"] = {"16384": "X" * 400}
+
+
+def _dummy_no_note(tmp_path, inp: ck.Inputs) -> None:
+    inp.accuracy_applicable = False
+    inp.drift = {"errors": {"256": "boom"}}
+
+
+SCENARIOS = {
+    "all_pass": None,
+    "degraded": _degraded,
+    "near_floor": _near_floor,
+    "engine_down": _engine_down,
+    "dummy_weights": _dummy,
+    "no_data": _no_data,
+    "stats_variants": _stats_variants,
+    "stats_later": _stats_later,
+    "stats_last": _stats_last,
+    "long_errors": _long_errors,
+    "odd_tables": _odd_tables,
+    "dummy_no_note": _dummy_no_note,
+}
+SPECS_NO_LONG = {**SPECS, "long": None}
+
+
+def _normal(obj, tmp: str):
+    """JSON-able, tmp paths replaced, floats to 12 significant digits (the golden is about texts and verdicts)."""
+    if isinstance(obj, dict):
+        return {str(k): _normal(v, tmp) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_normal(v, tmp) for v in obj]
+    if isinstance(obj, (bool, type(None))):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if not math.isfinite(x) or x == 0 else float(f"{x:.12g}")
+    if isinstance(obj, str):
+        return obj.replace(tmp, "<tmp>")
+    return repr(obj)
+
+
+def _evaluate_all(tmp_path, inputs_factory) -> dict:
+    out = {}
+    for name, change in SCENARIOS.items():
+        inp = inputs_factory(tmp_path / name)
+        if change is not None:
+            change(tmp_path / name, inp)
+        specs = {"degraded": SPECS_NO_LONG, "odd_tables": {**SPECS, "medium": None}}.get(name, SPECS)
+        checks, tables = ck.evaluate(inp, list(ck.CHECK_IDS), specs)
+        tables = {k: v for k, v in tables.items() if k != "drift"}  # the drift table is the input itself
+        doc = {"checks": [c.as_dict() for c in checks], "tables": tables, "verdict": ck.verdict(checks)}
+        out[name] = json.loads(json.dumps(_normal(doc, str(tmp_path)), allow_nan=True))
+    return out
+
+
+def _make_inputs(path):
+    path.mkdir(parents=True)
+    return inputs.__wrapped__(path)
+
+
+def test_golden_checks_and_tables(tmp_path):
+    got = _evaluate_all(tmp_path, _make_inputs)
+    if os.environ.get("SGLANG_SAGE_UPDATE_GOLDEN") or not GOLDEN.is_file():
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+        pytest.fail(f"wrote {GOLDEN}: review it and run again")
+    want = json.loads(GOLDEN.read_text())
+    assert set(got) == set(want)
+    for name in want:
+        for a, b in zip(got[name]["checks"], want[name]["checks"]):
+            assert a == b, (name, a["id"])
+        assert got[name] == want[name], name
+
+
+# ---- the small pieces, exactly ----------------------------------------------------------------------------------
+
+
+def test_criterion_evaluate():
+    c = ck.Criterion("x", None, ">", 1, note="why").evaluate()
+    assert c.passed is False and c.note == "why; not measured"
+    c = ck.Criterion("x", math.nan, ">", 1).evaluate()
+    assert c.passed is False and c.note == "not measured"
+    assert ck.Criterion("x", 2, ">", 1).evaluate().passed is True
+    assert ck.Criterion("x", 2).evaluate().passed is None  # informational
+
+
+@pytest.mark.parametrize("status", ["n/a", "skipped", "error"])
+def test_finish_keeps_a_decided_status(status):
+    c = ck.Check("x", "t", status=status)
+    c.add("failing", 0, ">", 1)
+    assert c.finish().status == status
+
+
+def test_finish_without_judged_criteria_is_an_error():
+    c = ck.Check("x", "t")
+    c.add("info only", 1)
+    assert (c.finish().status, c.error) == ("error", "no criterion could be evaluated")
+    c = ck.Check("x", "t", error="the stage crashed")
+    assert (c.finish().status, c.error) == ("error", "the stage crashed")
+
+
+def test_threshold_override_messages():
+    with pytest.raises(ValueError, match="^--threshold expects NAME=VALUE, got 'kl_floor_factor'$"):
+        ck.parse_threshold_overrides(["kl_floor_factor"])
+    known = ", ".join(ck.THRESHOLDS)
+    with pytest.raises(ValueError, match=f"^unknown threshold 'kl_mx'; known: {re.escape(known)}$"):
+        ck.parse_threshold_overrides(["kl_mx=1"])
+    with pytest.raises(ValueError, match="could not convert string to float: '1=2'"):
+        ck.parse_threshold_overrides(["kl_floor_factor=1=2"])  # only the first '=' separates
+    assert ck.parse_threshold_overrides([" kl_floor_factor =0.5"])["kl_floor_factor"] == 0.5
+
+
+def test_compare_bucket_refuses_misaligned_tokens(tmp_path):
+    a = ck.load_npz(write_bucket(tmp_path / "a.npz", 10, 2.0))
+    b = dict(a, tok=a["tok"][::-1].copy())  # same shape, other tokens
+    msg = "^baseline and sage scored different tokens: inputs are not aligned$"
+    with pytest.raises(ValueError, match=msg):
+        ck.compare_bucket(a, b)
+    with pytest.raises(ValueError, match=msg):
+        ck.compare_bucket(a, dict(a, tok=a["tok"][:5]))
+
+
+def test_a_crashing_check_is_an_error_row(inputs):
+    del inputs.thresholds["drift_local_max_rel_l2"]
+    (c,) = ck.evaluate(inputs, ["drift"], SPECS)[0]
+    assert c.as_dict() == {
+        "id": "drift",
+        "title": ck.CHECK_TITLES["drift"],
+        "status": "error",
+        "error": "KeyError: 'drift_local_max_rel_l2'",
+        "criteria": [],
+        "info": {},
+    }
+
+
+def test_safe_tables():
+    assert ck._safe(ck.passkey_table, {"phases": {"passkey": [{}]}}) == {"error": "KeyError: 'bucket'"}
+    assert ck._safe(ck.throughput_rows, {"phases": {"throughput": [{"walls_s": [1]}]}}, []) == []
+    assert ck._safe(ck.passkey_table, None) == {} and ck._safe(ck.throughput_rows, {}, []) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,13 +42,31 @@ def run_fake(tmp_path: Path, *extra: str, env_extra: dict | None = None, weights
 
 
 def test_dummy_run_through_fake_sglang(tmp_path):
-    p, rep = run_fake(tmp_path, "--only", "runtime_flag,determinism,throughput,memory,perplexity")
+    # the fake's speeds are CPU noise, so the ratio bars are set to 0: the check then passes exactly when
+    # every (shape, batch) was measured on both backends, and fails on any row that was not
+    p, rep = run_fake(
+        tmp_path,
+        "--only",
+        "runtime_flag,determinism,throughput,memory,perplexity",
+        "--threshold",
+        "prefill_min_ratio=0",
+        "--threshold",
+        "decode_min_ratio=0",
+    )
     assert rep, p.stdout[-3000:] + p.stderr[-3000:]
     status = {c["id"]: c["status"] for c in rep["checks"]}
     assert status["runtime_flag"] == "pass", json.dumps(rep["checks"][0], indent=1)[:3000]
     assert status["determinism"] == "pass"
     assert status["perplexity"] == "n/a"  # dummy weights: never reported as pass
-    assert status["throughput"] in ("pass", "fail")  # measured (the fake's speeds mean nothing)
+    assert status["throughput"] == "pass"
+    tp = next(c for c in rep["checks"] if c["id"] == "throughput")
+    judged = [c for c in tp["criteria"] if c["op"] is not None]
+    rows = sorted(
+        (re.search(r"(prefill|decode)", c["name"]).group(1), int(re.search(r"batch (\d+)", c["name"]).group(1)))
+        for c in judged
+    )
+    assert rows == [("decode", 1), ("decode", 32), ("prefill", 1), ("prefill", 32)], tp
+    assert all(c["passed"] is True and c["value"] > 0 and c["threshold"] == 0 for c in judged), tp
     assert status["memory"] == "fail"  # no NVML on CPU: "not measured" must fail, not pass
     assert rep["verdict"] == "fail" and p.returncode == 1
     assert rep["stages"]["baseline"]["status"] == "done" and rep["stages"]["sage"]["status"] == "done"
