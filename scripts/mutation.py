@@ -2,9 +2,10 @@
 """Mutation testing of the tool's core modules with mutmut (not in CI: minutes to an hour per module on 2 cores).
 
 Each module is run on its own, against only the tests that exercise it (MODULES below), in a scratch copy of
-the repository (`.mutation/<module>/`, git-ignored) so that mutmut's per-run configuration and its `mutants/`
-directory never touch the work tree. The result is written to `reports/mutation/<module>.json` and the table in
-`reports/mutation/README.md` is regenerated from all module files.
+the repository outside any git repository (`$TMPDIR/sglang-sage-mutation/<module>/`), so that mutmut's per-run
+configuration, its `mutants/` directory and any git command a mutant runs never touch the work tree. The result
+is written to `reports/mutation/<module>.json` and the table in `reports/mutation/README.md` is regenerated from
+all module files.
 
 Counting: a mutant is *killed* when the selected tests do not pass with it (failure, error or timeout), *survived*
 when they pass, and "no tests" (no selected test runs the mutated function) counts as survived. Survivors that
@@ -67,8 +68,8 @@ KILLED_STATUSES = {"killed", "timeout", "segfault", "suspicious", "check was int
 
 
 def scratch_copy(module: str) -> Path:
-    """A fresh copy of the repository's files (tracked and new, not ignored) under .mutation/<module>."""
-    work = REPO / ".mutation" / module
+    """A fresh copy of the repository's files (tracked and new, not ignored), outside the repository."""
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "sglang-sage-mutation" / module  # outside any repository
     if work.exists():
         shutil.rmtree(work)
     files = subprocess.run(
@@ -112,6 +113,9 @@ def run_module(module: str, max_children: int) -> dict[str, object]:
     work = scratch_copy(module)
     configure(work, source, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # A mutant may run git with a wrong cwd (the scratch copy): git must never find this repository from
+    # there (one such mutant ran `git am` on the work tree's branch before this line existed).
+    env["GIT_CEILING_DIRECTORIES"] = str(work)
     started = time.time()
     log = work / "mutmut.log"
     with log.open("w") as fh:
