@@ -31,13 +31,11 @@ re-render a JSON: ``python3 benchmarks/bench_kernels.py --render benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -345,25 +343,18 @@ class Unavailable(Exception):
 
 
 def load_sage_module(path: str) -> Any:
-    """Import the sage_attn ``kernels.py`` by file path, without SGLang.
-
-    kernels.py imports its siblings relatively (``from .plan import ...``), so its directory is
-    registered as a bare package first (its ``__init__`` is not executed).
-    """
+    """Import the sage_attn ``kernels.py`` by file path, without SGLang: its package directory is
+    loaded the one way the repo loads the overlay's kernels (``sglang_sage.overlay_kernels``)."""
     p = Path(path).resolve()
     if not p.is_file():
         raise Unavailable(f"sage kernel file not found: {p}")
-    pkg_name = "_bench_sage_attn_pkg"
-    if pkg_name not in sys.modules:
-        pkg = types.ModuleType(pkg_name)
-        pkg.__path__ = [str(p.parent)]
-        sys.modules[pkg_name] = pkg
-    spec = importlib.util.spec_from_file_location(f"{pkg_name}.{p.stem}", p)
-    if spec is None or spec.loader is None:
-        raise Unavailable(f"cannot import {p}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(R.REPO_ROOT))
+    from sglang_sage.overlay_kernels import load_submodule
+
+    try:
+        mod = load_submodule(p.stem, p.parent, name="_bench_sage_attn_pkg")
+    except (ImportError, ValueError) as exc:
+        raise Unavailable(f"cannot import {p}: {exc}") from exc
     if not callable(getattr(mod, "sage_extend_attention", None)):
         raise Unavailable(f"{p} has no sage_extend_attention")
     return mod

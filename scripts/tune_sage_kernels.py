@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import triton
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "overlay"))
-from sglang.srt.layers.attention.sage_attn import kernels as K
-from sglang.srt.layers.attention.sage_attn.plan import build_plan
-from sglang.srt.layers.attention.sage_attn.reference import (
-    accuracy,
-    reference_extend_attention,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sglang_sage.overlay_kernels import load_submodule
+
+K = load_submodule("kernels")
+build_plan = load_submodule("plan").build_plan
+accuracy = load_submodule("reference").accuracy
+reference_extend_attention = load_submodule("reference").reference_extend_attention
 
 
 def make(q_lens, prefixes, hq, hkv, d, dtype=torch.bfloat16, dev="cuda"):

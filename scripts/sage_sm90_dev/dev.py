@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "overlay/sglang/kernels/jit/csrc/sage_attn_sm90"
-sys.path.insert(0, str(ROOT / "overlay/sglang/srt/layers/attention"))
+sys.path.insert(0, str(ROOT))
 
 BN = 128
 BM = 128
@@ -135,9 +135,9 @@ class Sm90:
         self.desc_mode = 0
 
     def plan(self, q_lens, kv_lens, device, causal=True):
-        from sage_attn.plan import build_plan
+        from sglang_sage.overlay_kernels import load_submodule
 
-        return build_plan(q_lens, kv_lens, device, BM, BN, causal)
+        return load_submodule("plan").build_plan(q_lens, kv_lens, device, BM, BN, causal)
 
     def scratch(self, plan, hkv, d, device="cuda"):
         import torch
@@ -376,9 +376,9 @@ def metrics(out, ref):
 
 def triton_reference_kernel():
     try:
-        from sage_attn import kernels as tk
+        from sglang_sage.overlay_kernels import load_submodule
 
-        return tk
+        return load_submodule("kernels")
     except Exception as exc:  # noqa: BLE001
         print("triton kernel unavailable:", exc)
         return None

@@ -23,12 +23,15 @@ def test_non_causal_work_is_whole_sequence(sage_attn):
     assert list(zip(t["qblk_seq"].tolist(), t["qblk_start"].tolist())) == [(1, 0), (0, 0), (0, 4)]
 
 
-@pytest.mark.parametrize("q_lens,kv_lens,msg", [
-    ([0], [3], "at least one new token"),
-    ([4], [3], "kv_lens must be >= q_lens"),
-    ([], [], "empty batch"),
-    ([1, 2], [3], "equal length"),
-])
+@pytest.mark.parametrize(
+    "q_lens,kv_lens,msg",
+    [
+        ([0], [3], "at least one new token"),
+        ([4], [3], "kv_lens must be >= q_lens"),
+        ([], [], "empty batch"),
+        ([1, 2], [3], "equal length"),
+    ],
+)
 def test_bad_lengths_are_named(sage_attn, q_lens, kv_lens, msg):
     with pytest.raises(ValueError, match=msg):
         sage_attn["plan"].plan_host_tables(q_lens, kv_lens, 4, 4)
@@ -52,3 +55,18 @@ def test_build_plan_views_match_tables(sage_attn):
     p = sage_attn["plan"].build_plan([3, 5], [3, 12], "cpu", 4, 4)
     assert p.num_q_blocks == 3 and p.num_k_blocks == 4 and p.kv_lens.tolist()[-1] == 12
     assert p.kblk_start.dtype == torch.int32 and p.kblk_start.tolist() == [0, 0, 4, 8]
+
+
+def test_overlay_kernels_loader_refuses_a_second_directory_under_one_name(tmp_path):
+    from sglang_sage.overlay_kernels import DEFAULT_PKG_DIR, load_sage_attn
+
+    other = tmp_path / "sage_attn"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    assert load_sage_attn() is load_sage_attn(DEFAULT_PKG_DIR)  # same directory: the loaded package
+    import pytest
+
+    with pytest.raises(ValueError, match="already loaded"):
+        load_sage_attn(other)
+    with pytest.raises(FileNotFoundError, match="no sage_attn package"):
+        load_sage_attn(tmp_path / "missing", name="sage_attn_overlay_missing")
