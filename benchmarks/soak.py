@@ -1365,6 +1365,10 @@ async def fault_bad_requests(ctx: Ctx, server: Server) -> dict[str, Any]:
             c["health_error"] = f"{type(e).__name__}: {e}"[:200]
         log(f"[{server.backend}] bad request {name!r}: status {c['status']} in {c['s']}s, alive {c['alive_after']}")
         cases.append(c)
+        if not c["alive_after"]:  # a dying server stops answering before its process is gone: give it time
+            deadline = time.monotonic() + 10
+            while server.alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
         if not server.alive():
             c["server_died"] = True
             c["log_tail"] = server.tail(15)
