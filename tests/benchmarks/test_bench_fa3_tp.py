@@ -4,7 +4,6 @@ implementation of its documented contract; the e2e script's plan, arguments and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -18,13 +17,9 @@ sys.path.insert(0, str(BENCH))
 
 import _results as R  # noqa: E402
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_helpers import load_bench as _load  # noqa: E402
+from bench_helpers import run_script as _run  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,17 +405,6 @@ def test_decode_rate_from_streamed_chunks() -> None:
     assert d["tok_s"] == pytest.approx(125 / 0.625)
     d = be.decode_rate(0.5, [(1.0, 128)], {"completion_tokens": 128}, 128)
     assert "tok_s" not in d and "1 streamed chunk" in d["error"]
-
-
-def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: float = 300) -> Any:
-    import os
-    import subprocess
-
-    env = {**os.environ, **(env_extra or {})}
-    env.pop("PYTHONPATH", None)  # no SGLang bundle here: the scripts must record that, not crash
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def test_e2e_tp_run_without_gpus_records_and_renders(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -16,13 +15,9 @@ sys.path.insert(0, str(BENCH))
 
 import _results as R  # noqa: E402
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_helpers import load_bench as _load  # noqa: E402
+from bench_helpers import run_script as _run  # noqa: E402
 
 
 def _entry(ms: float | None, cos: float = 0.9999, status: str = "ok", **kw: Any) -> dict[str, Any]:
@@ -331,17 +326,6 @@ def test_e2e_combine_prefers_measured_records() -> None:
     assert by["triton"]["status"] == "ok" and len(by) == 4
     again = be.combine([b, a], ["b.json", "a.json"])  # a skipped record never replaces a measured one
     assert {r["config"]: r for r in again["results"]}["triton"]["status"] == "ok"
-
-
-def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: float = 300) -> Any:
-    import os
-    import subprocess
-
-    env = {**os.environ, **(env_extra or {})}
-    env.pop("PYTHONPATH", None)  # no SGLang bundle here: the scripts must record that, not crash
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def test_e2e_main_without_sglang_records_errors(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ answers, answers that change on replay); and the criteria say PASS / FAIL / N/A 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import socket
@@ -29,15 +28,10 @@ FAKE = Path(__file__).with_name("fake_sglang_server.py")
 sys.path.insert(0, str(BENCH))
 
 
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("_bench_soak", BENCH / "soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_helpers import load_bench  # noqa: E402
 
-
-S = _load()
+S = load_bench("soak")
 TOKENS = list(range(1000, 21000))
 
 
