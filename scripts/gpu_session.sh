@@ -17,7 +17,10 @@
 #   bash scripts/gpu_session.sh plugin   # scripts/plugin_gpu_check.py: pristine /tmp/site + the sglang-sage wheel only
 #                                        # (SGLang plugin): Engine, launch_server, sglang serve hybrid (~3 min)
 # Issues #11/#19/#16 (the bundle must carry FA3: WITH_FA3=1, shared/device/README.md):
-#   bash scripts/gpu_session.sh kernels  # bench_kernels.py alone (7 rows incl. FA3 bf16/FP8), ~2-3 min
+#   bash scripts/gpu_session.sh i11      # right after the stash calls: setup.sh build, overlay applied, sm90 JIT
+#                                        # modules built, Nsight Compute of the sm90 kernel + its pack kernel
+#                                        # beside cuDNN SDPA at 32K (~5 min); then `kernels`
+#   bash scripts/gpu_session.sh kernels  # bench_kernels.py alone (cuDNN, FA3 bf16/FP8, sage Triton + sm90), ~4-7 min
 #   bash scripts/gpu_session.sh e2e11    # bench_e2e.py sage_attn + fa3, 4K..128K, -> h200/e2e_i11.*, ~5-6 min
 #   bash scripts/gpu_session.sh e2e19    # bench_e2e.py fa3+fp8kv + flashinfer, same prompts -> h200/e2e_i19.*, ~5-7 min
 #       then, on any machine: python3 benchmarks/bench_e2e.py --render benchmarks/results/h200/e2e_i11.json
@@ -31,7 +34,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
+phase="${1:?phase: build|i11|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
 VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
 # shellcheck disable=SC2206
 VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
@@ -84,19 +87,68 @@ case "$phase" in
     python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || true
     timeout 560 python3 benchmarks/bench_e2e.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_e2e.log" | tail -60
     ;;
+  i11)
+    # No model needed: site + fa3 parts only (stashed by earlier calls into /tmp/devparts), extracted the way
+    # setup.sh does it and marked with its key, so a later `setup.sh build` (model parts) keeps /tmp/site.
+    t0=$SECONDS
+    M=.device/MANIFEST.txt
+    key="$(awk '$1 == "site" {print $3}' "$M")$(awk '$1 == "fa3" {print $3}' "$M")"
+    if [ "$(cat /tmp/site/.bundle_ok 2>/dev/null)" != "$key" ]; then
+      bash .device/setup.sh stash | tail -3
+      rm -rf /tmp/site.x && mkdir -p /tmp/site.x
+      for kind in site-part fa3-part; do
+        # shellcheck disable=SC2046 # part names hold no spaces
+        cat $(awk -v k=$kind '$1 == k {print "/tmp/devparts/" $2}' "$M") | xz -dc | tar -x -C /tmp/site.x \
+          || { echo "extracting $kind failed (parts missing? ls /tmp/devparts: $(ls /tmp/devparts | tr '\n' ' '))"; exit 1; }
+      done
+      rm -rf /tmp/site && mv /tmp/site.x /tmp/site && echo "$key" >/tmp/site/.bundle_ok
+      PYTHONPATH=/tmp/site python3 .device/smoke.py --env-only >/tmp/env_only.log 2>&1 || tail -5 /tmp/env_only.log
+    fi
+    echo "set up after $((SECONDS - t0)) s"
+    env_setup
+    python3 apply.py --sglang-dir /tmp/site --no-tests --json >"$OUT/apply.json" 2>/tmp/apply.err; echo "apply rc=$?"
+    tail -3 /tmp/apply.err
+    for d in 64 128; do for dt in bfloat16 float16; do
+      (timeout 240 python3 -c "import torch; from sglang.kernels.ops.attention import sage_attn_sm90 as m; m._module($d, torch.$dt)" \
+        >"/tmp/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?"; tail -2 "/tmp/jit_${d}_${dt}.log") &
+    done; done; wait
+    echo "jit built after $((SECONDS - t0)) s"
+    # shellcheck disable=SC2086 # KERNEL_ARGS is a list of flags
+    timeout $((450 - (SECONDS - t0))) python3 benchmarks/bench_kernels.py --out-root "$OUT" \
+      --budget-s $((400 - (SECONDS - t0))) ${KERNEL_ARGS:---lengths 4096,16384,32768 --backends sage,sage_sm90,cudnn,fa3,fa3_fp8,flash} \
+      >"$OUT/bench_kernels.log" 2>&1; echo "bench_kernels rc=$?"
+    grep -E "^\| llama|^\| smollm|budget|Error" "$OUT/bench_kernels.log" | cut -c1-240 | tail -40
+    echo "kernels done after $((SECONDS - t0)) s"
+    NCU=/usr/local/cuda/bin/ncu
+    $NCU --version | tail -1
+    [ $((SECONDS - t0)) -lt 470 ] || { echo "no time left for ncu"; exit 0; }
+    timeout 60 $NCU --set full -k regex:sage_attn_sm90_kernel --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py sage_sm90 >"$OUT/ncu_sage_sm90.txt" 2>&1; echo "ncu sm90 rc=$?"
+    timeout 30 $NCU --section SpeedOfLight -k regex:sage_pack_kernel --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py sage_sm90 >"$OUT/ncu_sage_sm90_pack.txt" 2>&1; echo "ncu pack rc=$?"
+    timeout 60 $NCU --set full -k regex:'fmha|sdpa|cudnn|flash' --launch-skip 2 --launch-count 1 \
+      python3 scripts/profile_sage_kernel.py cudnn >"$OUT/ncu_cudnn_sdpa.txt" 2>&1; echo "ncu cudnn rc=$?"
+    grep -E "^  [a-zA-Z_].*\(|Duration|Compute \(SM\) Throughput|Registers Per|Issue Slots Busy|Executed Ipc A|Theoretical Occupancy" \
+      "$OUT"/ncu_*.txt | cut -c1-200 | head -40
+    echo "i11 done after $((SECONDS - t0)) s"
+    ;;
   kernels)
     env_setup
-    timeout 420 python3 benchmarks/bench_kernels.py --out-root "$OUT" 2>&1 | tee "$OUT/bench_kernels.log" | tail -60
+    # shellcheck disable=SC2086 # KERNEL_ARGS is a list of flags
+    timeout 560 python3 benchmarks/bench_kernels.py --out-root "$OUT" --budget-s 480 ${KERNEL_ARGS:-} 2>&1 \
+      | tee "$OUT/bench_kernels.log" | tail -60
     ;;
   e2e11|e2e19|e2e_tp)
     env_setup
     python3 apply.py --sglang-dir /tmp/site --no-tests >/dev/null 2>&1 || echo "apply.py failed: sage engines will be skipped with the reason"
     case "$phase" in
-      e2e11) e2e_args=(--backends sage_attn,fa3 --stem e2e_i11) ;;
+      # E2E_LENGTHS: 4096,32768,131072 fits fa3 + fa3 FP8 KV beside sage_attn in one call
+      e2e11) e2e_args=(--backends "${E2E_BACKENDS:-sage_attn,fa3}" --stem e2e_i11) ;;
       e2e19) e2e_args=(--backends fa3+fp8kv,flashinfer --stem e2e_i19) ;;
       e2e_tp) e2e_args=(--tp 2 --stem e2e) ;;
     esac
     # bench_e2e.py stops starting work at 480 s and its watchdog saves and exits at 540 s
+    [ -n "${E2E_LENGTHS:-}" ] && e2e_args+=(--lengths "$E2E_LENGTHS")
     timeout 570 python3 benchmarks/bench_e2e.py --out-root "$OUT" "${e2e_args[@]}" 2>&1 \
       | tee "$OUT/bench_${phase}.log" | grep -v -E "Capturing batches|it/s\]|s/it\]" | tail -60
     ;;
