@@ -14,7 +14,7 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from sglang_sage import build, gpu_tests, patcher
+from sglang_sage import build, gpu_tests, jit_prebuild, patcher
 from sglang_sage import errors as ec
 from sglang_sage.errors import SageError
 from sglang_sage.layout import LayoutKind
@@ -52,12 +52,21 @@ def check_python(python: str, manifest: Manifest) -> None:
         )
 
 
-def apply_build_test(t: patcher.Target, options: Options, progress: patcher.Progress = patcher.quiet) -> patcher.Report:
+def apply_build_test(
+    t: patcher.Target, options: Options, progress: patcher.Progress = patcher.quiet
+) -> patcher.Report:
     """The `apply` command: lock, apply, and when that changed the tree, rebuild and run the GPU tests."""
     if options.tests or options.build:
         check_python(options.python, t.manifest)
-    with patcher.locked(t, progress) as notes:  # held through build and tests: both read the tree
-        report = patcher.apply(t, force=options.force, skip_api_check=options.skip_api_check, progress=progress)
+    with patcher.locked(
+        t, progress
+    ) as notes:  # held through build and tests: both read the tree
+        report = patcher.apply(
+            t,
+            force=options.force,
+            skip_api_check=options.skip_api_check,
+            progress=progress,
+        )
         if report.changed:
             if options.build:
                 run_build(t, options, report, progress)
@@ -68,7 +77,11 @@ def apply_build_test(t: patcher.Target, options: Options, progress: patcher.Prog
 
 
 def test_applied(
-    t: patcher.Target, python: str, *, test_log: Path | None = None, progress: patcher.Progress = patcher.quiet
+    t: patcher.Target,
+    python: str,
+    *,
+    test_log: Path | None = None,
+    progress: patcher.Progress = patcher.quiet,
 ) -> patcher.Report:
     """The `test` command: the registered GPU tests against a tree that is applied already."""
     report = patcher.status(t)
@@ -80,11 +93,18 @@ def test_applied(
     return report
 
 
-def run_build(t: patcher.Target, options: Options, report: patcher.Report, progress: patcher.Progress) -> None:
+def run_build(
+    t: patcher.Target,
+    options: Options,
+    report: patcher.Report,
+    progress: patcher.Progress,
+) -> None:
     """Rebuild (editable reinstall, or byte-compile an installed package); a failure is exit 7, tree kept."""
     progress("rebuilding")
     files = patcher.touched_sources(t)
-    before = patcher.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
+    before = (
+        patcher.existing_pyc(files) if t.layout.kind is LayoutKind.INSTALLED else {}
+    )
     result = build.run(t.layout, options.python, files, options.build_cmd)
     if result.skipped:
         report.warnings.append(f"build skipped: {result.skipped}")
@@ -98,11 +118,38 @@ def run_build(t: patcher.Target, options: Options, report: patcher.Report, progr
         return
     if t.layout.kind is LayoutKind.INSTALLED and not options.build_cmd:
         patcher.record_pyc(t, files, before)
-    report.actions.append(f"built: {' '.join(result.command[:6])}{' ...' if len(result.command) > 6 else ''}")
+    report.actions.append(
+        f"built: {' '.join(result.command[:6])}{' ...' if len(result.command) > 6 else ''}"
+    )
+    prebuild_jit(options.python, report, progress)
+
+
+def prebuild_jit(
+    python: str, report: patcher.Report, progress: patcher.Progress
+) -> None:
+    """Compile the sm90 JIT kernels now (where torch sees an sm90 GPU and nvcc exists), not at server start."""
+    progress("building the JIT kernels (sm90 sage_attn)")
+    jit = jit_prebuild.run(python)
+    if jit.skipped:
+        report.warnings.append(f"JIT kernels not built ahead of time: {jit.skipped}")
+    elif jit.failed:
+        report.exit_code = ec.BUILD_FAILED
+        report.message = (
+            "JIT kernel build failed; the tree stays patched, and a server with the sage_attn backend on this "
+            "GPU would fail the same way at start:\n" + "\n".join(jit.failed)
+        )
+    else:
+        report.actions.append(
+            f"JIT kernels built ahead of time in {jit.seconds:.0f} s: {', '.join(jit.built)}"
+        )
 
 
 def run_gpu_tests(
-    t: patcher.Target, python: str, test_log: Path | None, report: patcher.Report, progress: patcher.Progress
+    t: patcher.Target,
+    python: str,
+    test_log: Path | None,
+    report: patcher.Report,
+    progress: patcher.Progress,
 ) -> None:
     """The registered attention tests on the target python's GPU: exit 3 without one, 6 when they fail."""
     progress("probing the GPU")
@@ -114,8 +161,12 @@ def run_gpu_tests(
             f"Exit code {ec.NO_GPU} means 'applied, untested' (use --no-tests to skip on purpose)"
         )
         return
-    files, not_here = gpu_tests.split_by_gpus(gpu_tests.test_files(t.layout, t.overlay_root), gpu.count)
-    skipped = "; ".join(f"{f.name} needs {n} GPUs, {gpu.count} visible" for f, n in not_here)
+    files, not_here = gpu_tests.split_by_gpus(
+        gpu_tests.test_files(t.layout, t.overlay_root), gpu.count
+    )
+    skipped = "; ".join(
+        f"{f.name} needs {n} GPUs, {gpu.count} visible" for f, n in not_here
+    )
     if not files and not_here:
         report.exit_code = ec.NO_GPU
         report.message = f"{report.message}; GPU tests NOT run: {skipped}"
@@ -133,6 +184,8 @@ def run_gpu_tests(
         report.actions.append(
             f"GPU tests passed on {gpu.detail}: {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
         )
-        if not_here:  # passed is not "all tested": the multi-GPU tests did not run on this machine
+        if (
+            not_here
+        ):  # passed is not "all tested": the multi-GPU tests did not run on this machine
             report.exit_code = ec.NO_GPU
             report.message = f"{report.message}; GPU tests NOT run: {skipped}"
