@@ -221,3 +221,20 @@ def test_speed_model_config(tmp_path):
     assert m.vocab_size == 128256 and m.context_length == 131072 and not m.has_weights
     with pytest.raises(model.ModelError, match="neither 'llama-3.1-8b' nor a directory"):
         model.resolve_speed_model(str(tmp_path / "nope"), tmp_path)
+
+
+def test_floor_stage_cap_allows_a_jit_compiling_backend_its_first_builds() -> None:
+    """flashinfer compiles kernels on first use (~80 s each): its floor stage gets the larger cap, others 150 s;
+    the time left in the run still bounds both."""
+    import time
+    from types import SimpleNamespace
+
+    def timeout(backend: str, left: float, cap_key: str = "floor") -> float:
+        run = SimpleNamespace(args=SimpleNamespace(floor_backend=backend), deadline=time.time() + left)
+        return cli.Run.timeout_for(run, cap_key, 0.0)
+
+    assert abs(timeout("flashinfer", 10_000) - cli.CAP_JIT_FLOOR) < 1
+    assert abs(timeout("fa3", 10_000) - cli.CAP["floor"]) < 1
+    assert abs(timeout("flashinfer", 10_000, "compare") - cli.CAP["compare"]) < 1  # only the floor stage
+    assert timeout("flashinfer", 200) <= 200
+    assert cli.CAP_JIT_FLOOR > cli.CAP["floor"]
