@@ -207,7 +207,10 @@ case "$phase" in
         >"$W/jit_${d}_${dt}.log" 2>&1; echo "jit d$d $dt rc=$?"; tail -3 "$W/jit_${d}_${dt}.log") &
     done; done; wait
     echo "jit built after $((SECONDS - t0)) s"
-    timeout 90 python3 scripts/sage_sm90_dev/dev.py all --versions v3 --parts bench --out "$W/dev" >"$W/dev_bench.log" 2>&1
+    # SM90_VERSIONS=v3,v5 SM90_PARTS=attn,cut,bench: a harness candidate's accuracy, cut invariance and speed
+    # beside the shipped kernel (scripts/sage_sm90_dev/dev.py KERNEL_DIRS)
+    timeout "${SM90_DEV_TIMEOUT:-90}" python3 scripts/sage_sm90_dev/dev.py all --versions "${SM90_VERSIONS:-v3}" \
+      --parts "${SM90_PARTS:-bench}" --out "$W/dev" >"$W/dev_bench.log" 2>&1
     echo "dev bench rc=$?"; grep -E "^L[0-9]" "$W/dev_bench.log" | cut -c1-260
     SGLANG_SAGE_TEST_KERNELS=sm90 timeout 240 python3 -m pytest -q -s -p no:cacheprovider \
       overlay/test/registered/attention/test_sage_attn_kernels.py >"$W/kernels_test.log" 2>&1; echo "kernel test rc=$?"

@@ -39,8 +39,12 @@ BM = 128
 
 
 # v3 = the overlay's kernel. To compare with another version in one call, add its header
-# directory here (e.g. a `git show <commit>:overlay/...` export) under a new name.
-KERNEL_DIRS = {"v3": CSRC}
+# directories here (searched in order; e.g. a `git show <commit>:overlay/...` export) under a new name.
+# v5: v3 with the turn ending after the issue (the conversion and the 16-bit MMA outside it). A "v4" with
+# both Q·Kᵀ halves issued in one turn into separate accumulators was tried and dropped: at head_dim 128 it
+# needs si + sf + o + P (224 registers) live at once, ptxas spills and serializes the wgmma under 240.
+_DEV = Path(__file__).resolve().parent
+KERNEL_DIRS: dict[str, list[Path]] = {"v3": [CSRC], "v5": [_DEV / "v5", CSRC]}
 
 
 def build(out_dir: Path, version: str = "v3") -> Path:
@@ -55,8 +59,7 @@ def build(out_dir: Path, version: str = "v3") -> Path:
         "-fPIC",
         "-Xptxas",
         "-v",
-        "-I",
-        str(KERNEL_DIRS[version]),
+        *[arg for d in KERNEL_DIRS[version] for arg in ("-I", str(d))],
         "-o",
         str(so),
         str(Path(__file__).with_name("capi.cu")),

@@ -27,13 +27,18 @@ def _cuobjdump() -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+# the overlay's kernel (v3) and the development harness's candidate (scripts/sage_sm90_dev/dev.py KERNEL_DIRS)
+VERSIONS = {"v3": [CSRC], "v5": [DEV / "v5", CSRC]}
+
+
+@pytest.fixture(scope="module", params=sorted(VERSIONS))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     nvcc = shutil.which("nvcc")
     assert nvcc, "nvcc not on PATH: the sm90 compile check needs the CUDA compiler (CI machines have nvcc 13.0)"
-    so = tmp_path_factory.mktemp("sm90") / "libsage_sm90_dev.so"
+    so = tmp_path_factory.mktemp("sm90") / f"libsage_sm90_{request.param}.so"
+    includes = [arg for d in VERSIONS[request.param] for arg in ("-I", str(d))]
     cmd = [nvcc, "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared", "-Xcompiler", "-fPIC",
-           "-Xptxas", "-v", "-I", str(CSRC), "-o", str(so), str(DEV / "capi.cu")]  # fmt: skip
+           "-Xptxas", "-v", *includes, "-o", str(so), str(DEV / "capi.cu")]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     return so, r.stdout + r.stderr
