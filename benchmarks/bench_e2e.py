@@ -343,6 +343,7 @@ def read_sage_stats(stats_dir: Path) -> dict[str, Any]:
     per_rank: dict[str, dict[str, int]] = {}
     files = sorted(glob.glob(str(stats_dir / "sage_attn_stats_*.json")))
     decode_backends = set()
+    prefill_kernels = set()  # "sm90" or "triton": which prefill kernel the backend selected at start
     pids = []
     unreadable = []
     for f in files:
@@ -358,6 +359,8 @@ def read_sage_stats(stats_dir: Path) -> dict[str, Any]:
                 rank[k] = rank.get(k, 0) + int(v)
         if d.get("decode_backend"):
             decode_backends.add(str(d["decode_backend"]))
+        if d.get("prefill_kernel"):
+            prefill_kernels.add(str(d["prefill_kernel"]))
         if d.get("pid") is not None:
             pids.append(d["pid"])
     return {
@@ -366,6 +369,7 @@ def read_sage_stats(stats_dir: Path) -> dict[str, Any]:
         "per_rank": per_rank,
         "pids": pids,
         "decode_backend": sorted(decode_backends),
+        "prefill_kernel": sorted(prefill_kernels),
         "unreadable": unreadable,
     }
 
@@ -710,6 +714,7 @@ def run_engine(
             f"[{cfg_name}] shut down after {rec['wall_s']}s; GPU memory used {mem_before} -> {used} MiB"
             f"{'' if freed else ' (NOT FREED)'}; sage counters per rank "
             f"{ {r: c.get('prefill_8bit_batches') for r, c in (stats.get('per_rank') or {}).items()} }"
+            + (f", prefill kernel {stats['prefill_kernel']}" if stats.get("prefill_kernel") else "")
         )
         os.environ.pop("SGLANG_SAGE_STATS_DIR", None)
         save()

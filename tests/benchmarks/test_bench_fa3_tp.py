@@ -366,7 +366,13 @@ def test_stats_per_rank_and_resolved_check(tmp_path: Path) -> None:
     for pid, rank, n in ((11, 0, 5), (12, 1, 4)):
         (tmp_path / f"sage_attn_stats_{pid}.json").write_text(
             json.dumps(
-                {"pid": pid, "tp_rank": rank, "decode_backend": "flashinfer", "counters": {"prefill_8bit_batches": n}}
+                {
+                    "pid": pid,
+                    "tp_rank": rank,
+                    "decode_backend": "flashinfer",
+                    "prefill_kernel": "sm90",
+                    "counters": {"prefill_8bit_batches": n},
+                }
             )
         )
     (tmp_path / "sage_attn_stats_13.json").write_text("{trunc")
@@ -374,6 +380,7 @@ def test_stats_per_rank_and_resolved_check(tmp_path: Path) -> None:
     assert st["per_rank"] == {"0": {"prefill_8bit_batches": 5}, "1": {"prefill_8bit_batches": 4}}
     assert st["counters"]["prefill_8bit_batches"] == 9 and st["unreadable"] == ["sage_attn_stats_13.json"]
     assert sorted(st["pids"]) == [11, 12]
+    assert st["prefill_kernel"] == ["sm90"] and st["decode_backend"] == ["flashinfer"]
     assert (
         be.resolved_mismatch("fa3+fp8kv", {"attention_backend": "fa3", "kv_cache_dtype": "fp8_e4m3", "tp_size": 2}, 2)
         is None

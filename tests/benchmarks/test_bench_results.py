@@ -308,6 +308,7 @@ def test_e2e_args_and_helpers(tmp_path: Path) -> None:
         )
     st = be.read_sage_stats(tmp_path / "s")
     assert st["counters"]["prefill_8bit_batches"] == 7 and st["files"] == 2
+    assert st["prefill_kernel"] == []  # files without the field (older backends): nothing claimed
     assert be.estimate([4096, 16384, 32768], ["sage_attn", "fa3", "flashinfer"], a) < a.budget_s
 
 
