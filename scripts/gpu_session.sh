@@ -29,12 +29,14 @@
 #   bash scripts/gpu_session.sh tp_test  # registered 2-GPU test test_sage_attn_tp.py, ~4-6 min;
 #                                        # SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run (~2-3 min)
 #   bash scripts/gpu_session.sh sm90     # site part only: sm90 JIT build, kernel test, engine smoke, 32K e2e
+#   bash scripts/gpu_session.sh sm90ab   # fresh machine, no bundle, one call: dev harness A/B of kernel versions
+#                                        # (SM90_VERSIONS, default v3,v5,v6): accuracy, cut invariance, speed
 #   bash scripts/gpu_session.sh soak     # benchmarks/soak.py: sage_attn vs flashinfer HTTP servers under load
 #                                        #   and faults (~7-9 min; SOAK_ARGS=--quick ~5-6 min); 4 files in $OUT
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|i11|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
+phase="${1:?phase: build|i11|sm90ab|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
 VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
 # shellcheck disable=SC2206
 VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
@@ -227,6 +229,16 @@ case "$phase" in
     else
       echo "no time left for e2e ($left s)"
     fi
+    ;;
+  sm90ab)
+    # Kernel candidates side by side on a fresh machine, no bundle: the dev harness needs only torch, triton
+    # and nvcc from the GPU image. Accuracy vs fp64, bitwise cut invariance and speed per version.
+    export PATH="/usr/local/cuda/bin:$PATH"
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nvcc --version | tail -1
+    timeout 570 python3 scripts/sage_sm90_dev/dev.py all --versions "${SM90_VERSIONS:-v3,v5,v6}" \
+      --parts "${SM90_PARTS:-attn,cut,bench}" --out /tmp/sm90ab >"$OUT/dev_ab.log" 2>&1; echo "dev rc=$?"
+    cp /tmp/sm90ab/sm90_dev.json /tmp/sm90ab/nvcc_*.log "$OUT/" 2>/dev/null
+    grep -E "^L[0-9]|rc=|registers|spill|TIMEOUT|FAIL|mismatch" "$OUT/dev_ab.log" | cut -c1-240 | tail -60
     ;;
   soak)
     env_setup

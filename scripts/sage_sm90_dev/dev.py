@@ -44,7 +44,8 @@ BM = 128
 # both Q·Kᵀ halves issued in one turn into separate accumulators was tried and dropped: at head_dim 128 it
 # needs si + sf + o + P (224 registers) live at once, ptxas spills and serializes the wgmma under 240.
 _DEV = Path(__file__).resolve().parent
-KERNEL_DIRS: dict[str, list[Path]] = {"v3": [CSRC], "v5": [_DEV / "v5", CSRC]}
+# v6: v5 plus a power-of-two query-row scale, which leaves the per-score conversion (one FMA per score).
+KERNEL_DIRS: dict[str, list[Path]] = {"v3": [CSRC], "v5": [_DEV / "v5", CSRC], "v6": [_DEV / "v6", CSRC]}
 
 
 def build(out_dir: Path, version: str = "v3") -> Path:

@@ -28,7 +28,7 @@ def _cuobjdump() -> str:
 
 
 # the overlay's kernel (v3) and the development harness's candidate (scripts/sage_sm90_dev/dev.py KERNEL_DIRS)
-VERSIONS = {"v3": [CSRC], "v5": [DEV / "v5", CSRC]}
+VERSIONS = {"v3": [CSRC], "v5": [DEV / "v5", CSRC], "v6": [DEV / "v6", CSRC]}
 
 
 @pytest.fixture(scope="module", params=sorted(VERSIONS))
