@@ -29,6 +29,8 @@
 #   bash scripts/gpu_session.sh tp_test  # registered 2-GPU test test_sage_attn_tp.py, ~4-6 min;
 #                                        # SGLANG_SAGE_TP_SIZE=1 for the one-GPU smoke run (~2-3 min)
 #   bash scripts/gpu_session.sh sm90     # site part only: sm90 JIT build, kernel test, engine smoke, 32K e2e
+#   bash scripts/gpu_session.sh warmfi   # before `verify` on a fresh machine: flashinfer's JIT kernels for SmolLM2
+#                                        # compiled outside verify's timed floor stage (~3-5 min)
 #   bash scripts/gpu_session.sh sm90ab   # fresh machine, no bundle, one call: dev harness A/B of kernel versions
 #                                        # (SM90_VERSIONS, default v3,v5,v6): accuracy, cut invariance, speed
 #   bash scripts/gpu_session.sh soak     # benchmarks/soak.py: sage_attn vs flashinfer HTTP servers under load
@@ -36,7 +38,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT="${OUT:?set OUT}"
-phase="${1:?phase: build|i11|sm90ab|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
+phase="${1:?phase: build|i11|sm90ab|warmfi|tests|verify|verify-speed|e2e|floor|profile|plugin|sm90|kernels|e2e11|e2e19|e2e_tp|tp_test|soak}"
 VERIFY_WORK=/tmp/verify-work  # kept between the two verify calls (same warm machine)
 # shellcheck disable=SC2206
 VERIFY=(python3 verify.py --compare-config fa3+fp8_e4m3 --work-dir "$VERIFY_WORK" --out "$OUT/verify" ${VERIFY_ARGS:-})
@@ -229,6 +231,12 @@ case "$phase" in
     else
       echo "no time left for e2e ($left s)"
     fi
+    ;;
+  warmfi)
+    # after `setup.sh build` (model converted), before `verify`: flashinfer's JIT kernels for SmolLM2 compiled
+    # outside any timed stage (the floor stage timed out at 150 s twice while compiling them)
+    env_setup
+    timeout 560 python3 scripts/warm_flashinfer.py /tmp/smollm2 2>&1 | tee "$OUT/warm_flashinfer.log" | grep -v Warning | tail -8
     ;;
   sm90ab)
     # Kernel candidates side by side on a fresh machine, no bundle: the dev harness needs only torch, triton
