@@ -716,19 +716,33 @@ class Backend:
 
 
 def sage_planned_extra(
-    mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float, args: argparse.Namespace, rows: list[int], ref: Any
+    mod: Any,
+    shape: Shape,
+    inp: dict[str, Any],
+    sm_scale: float,
+    args: argparse.Namespace,
+    rows: list[int],
+    ref: Any,
+    kernel: str = "triton",
 ) -> dict[str, Any]:
     """The per-layer call inside SGLang (plan prebuilt once per batch), timed on the same shape."""
-    pfn = sage_planned(mod, shape, inp, sm_scale)
+    pfn = sage_planned(mod, shape, inp, sm_scale, kernel)
     c = compare_rows(pfn(), shape, rows, ref)
     pms = bench_ms(pfn, args.device, args.warmup, args.rep)
     return {"ms_planned": pms, "tflops_planned": shape.flops / (pms * 1e-3) / 1e12, "cos_planned": c["cos"]}
 
 
+def sage_sm90_planned_extra(
+    mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float, args: argparse.Namespace, rows: list[int], ref: Any
+) -> dict[str, Any]:
+    """The sm90 kernel's per-layer call inside SGLang: plan and stage-image scratch prebuilt once per batch."""
+    return sage_planned_extra(mod, shape, inp, sm_scale, args, rows, ref, kernel="sm90")
+
+
 # Every runnable row. A new backend: one entry here and one in _results.KERNEL_BACKEND_SPECS.
 BACKENDS: dict[str, Backend] = {
     "sage": Backend(make=_make_sage, load=lambda a: load_sage_module(a.sage_kernel), extra=sage_planned_extra),
-    "sage_sm90": Backend(make=_make_sage_sm90, shares="sage"),
+    "sage_sm90": Backend(make=_make_sage_sm90, shares="sage", extra=sage_sm90_planned_extra),
     "cudnn": Backend(make=_make_sdpa("cudnn")),
     "fa3": Backend(make=_make_fa3(fp8=False), load=_load_fa3),
     "fa3_fp8": Backend(make=_make_fa3(fp8=True), shares="fa3", run_last=True),
@@ -776,23 +790,39 @@ def _short_exc(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {str(exc)[:600]} | " + "".join(tb[-3:])[-900:]).strip()
 
 
-def sage_planned(mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float) -> Callable[[], Any]:
+def sage_planned(
+    mod: Any, shape: Shape, inp: dict[str, Any], sm_scale: float, kernel: str = "triton"
+) -> Callable[[], Any]:
     """The backend's per-layer call: plan built once outside (as SGLang builds it once per batch
-    for all layers); smoothing + quantization + attention inside. Uses kernels.py internals
-    (``kernel_config``, ``build_plan``, ``sage_extend_attention_planned``)."""
+    for all layers), and for the sm90 kernel its stage-image scratch too (the backend owns one buffer);
+    smoothing + quantization + attention inside. Uses kernels.py internals (``kernel_config``,
+    ``build_plan``, ``sage_extend_attention_planned``, ``sm90_op``)."""
     import numpy as np
     import torch
 
-    cfg = mod.kernel_config(shape.d)
+    cfg = mod.kernel_config(shape.d, kernel)
     q_lens = np.full(shape.batch, shape.lq, dtype=np.int64)
     kv_lens = np.full(shape.batch, shape.seq_len, dtype=np.int64)
     plan = mod.build_plan(q_lens, kv_lens, inp["q"].device, cfg.block_m, cfg.block_n, True)
     row_off = inp["kv_indptr"][:-1].to(torch.int64)
     out = torch.empty_like(inp["q"])
+    stages = None
+    if kernel == "sm90":
+        stages = mod.sm90_op().new_stage_buffer(plan, shape.hkv, shape.d, inp["q"].device)
 
     def fn() -> Any:
         return mod.sage_extend_attention_planned(
-            inp["q"], inp["k_pool"], inp["v_pool"], plan, inp["kv_indices"], row_off, sm_scale, True, out
+            inp["q"],
+            inp["k_pool"],
+            inp["v_pool"],
+            plan,
+            inp["kv_indices"],
+            row_off,
+            sm_scale,
+            True,
+            out,
+            kernel=kernel,
+            stages=stages,
         )
 
     return fn

@@ -470,3 +470,41 @@ def test_fp8_row_runs_after_the_others_of_its_shape(tmp_path: Path) -> None:
     rec, fatal = bk.run_shape(bk.Shape("t", 4, 2, 16, 1, 8, 0.0), args, list(bk.BACKENDS), {}, 0)
     assert calls[-1] == "fa3_fp8" and calls[:2] == ["cudnn", "flash"] and not fatal
     assert list(rec["backends"]) == list(bk.BACKENDS)  # the record keeps the table order
+
+
+def test_sm90_per_layer_call_prebuilds_plan_and_stage_scratch_once() -> None:
+    """The sm90 row's "plan prebuilt" timing is the call SGLang makes per layer: the 128x128 plan and the
+    stage-image scratch are built once outside the timed function, and the kernel is named sm90."""
+    import types
+
+    bk = _load("bench_kernels")
+    shape = bk.Shape("llama3-8b", 4, 2, 64, 1, 256, 0.5)
+    inp = bk.make_inputs(shape, 0, 2.0, False, "cpu")
+    seen: dict[str, Any] = {"buffers": [], "calls": []}
+
+    class _Op:
+        def new_stage_buffer(self, plan, num_kv_heads, head_dim, device):  # noqa: ANN001, ANN201
+            seen["buffers"].append((plan, num_kv_heads, head_dim, str(device)))
+            return "stages"
+
+    def planned(q, k, v, plan, slots, row_off, sm_scale, causal, out, kernel="triton", stages=None):  # noqa: ANN001
+        seen["calls"].append((plan, kernel, stages, causal))
+        return out
+
+    mod = types.SimpleNamespace(
+        kernel_config=lambda d, kernel="triton": types.SimpleNamespace(
+            block_m=128 if kernel == "sm90" else 64, block_n=128 if kernel == "sm90" else 32
+        ),
+        build_plan=lambda q_lens, kv_lens, device, bm, bn, causal: ("plan", bm, bn, list(q_lens), list(kv_lens)),
+        sage_extend_attention_planned=planned,
+        sm90_op=lambda: _Op(),
+    )
+    fn = bk.sage_planned(mod, shape, inp, 0.125, "sm90")
+    assert seen["buffers"] == [(("plan", 128, 128, [128], [256]), 2, 64, "cpu")] and seen["calls"] == []
+    fn()
+    fn()
+    assert seen["calls"] == [(("plan", 128, 128, [128], [256]), "sm90", "stages", True)] * 2
+    assert len(seen["buffers"]) == 1  # never per call
+    bk.sage_planned(mod, shape, inp, 0.125)()  # the Triton row: its own tiles, no scratch
+    assert seen["calls"][-1] == (("plan", 64, 32, [128], [256]), "triton", None, True) and len(seen["buffers"]) == 1
+    assert bk.BACKENDS["sage_sm90"].extra is bk.sage_sm90_planned_extra
