@@ -50,8 +50,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "apicheck": ("sglang_sage/apicheck.py", [T + "test_apicheck_units.py"]),
     "metrics": ("sglang_sage/verify/metrics.py", [V + "test_metrics.py", V + "test_checks_report.py"]),
     "checks": ("sglang_sage/verify/checks.py", [V + "test_checks_report.py"]),
-    # test_pr.py (the real 0.5.17 checkout, ~10 s per run) is left out: the miniature release covers the same code
-    "pr": ("sglang_sage/pr.py", [T + "test_pr_mini.py"]),
+    # test_pr.py (the real 0.5.17 checkout, ~10 s per run) is left out: the miniature release covers the same code;
+    # test_pr_paths.py: the git plumbing, failure paths and self-check reports (fake formatters, ~4 s)
+    "pr": ("sglang_sage/pr.py", [T + "test_pr_mini.py", T + "test_pr_paths.py"]),
 }
 ALSO_COPY = [
     "patches/",

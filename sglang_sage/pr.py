@@ -326,7 +326,7 @@ def _prepare_locked(
             "GIT_OBJECT_DIRECTORY": str(scratch),
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects_dir),
         }
-        steps, skipped, adapted = _plan(t, root, env, identity)
+        steps, skipped, adapted = _plan(t, root, env, identity, overlay_root)
         progress("building the commit series")
         _git(root, "read-tree", base_sha, step="reading the base tree", env=env)
         parent = base_sha
@@ -364,7 +364,7 @@ def _prepare_locked(
         created_out = not out.exists()
         try:
             progress(f"creating branch {branch}")
-            published = _publish_objects(scratch, objects_dir)
+            _publish_objects(scratch, objects_dir, published)
             _git(root, "update-ref", "-m", "sglang-sage pr", ref, parent, ZERO_OID, step=f"creating branch {branch}")
             commits = _describe(root, base_sha, built, adapted)
             progress("writing the format-patch series")
@@ -450,14 +450,15 @@ def _prepare_locked(
 
 
 def _plan(
-    t: patcher.Target, root: Path, env: dict[str, str], identity: Author | None
+    t: patcher.Target, root: Path, env: dict[str, str], identity: Author | None, overlay_root: Path | None
 ) -> tuple[list[_Step], list[str], dict[str, list[str]]]:
     """The commits to build, in order: overlay, then the series' SGLang patches and edit step; also which
     overlay files the set's overlay patches adapted (for the "what changed" table)."""
     full = load_series(t.series.directory)
-    # Split against overlay/ as committed: t.overlay_files is what the set installs, which lacks the
-    # files an overlay patch deletes (0.5.8 drops the sm90 kernel), and those paths are still overlay paths.
-    _, overlay_steps = overlay_patches.split(full, overlay_mod.discover(overlay_mod.OVERLAY_DIR))
+    # Split against the overlay as committed (the one `t` was opened with): t.overlay_files is what the set
+    # installs, which lacks the files an overlay patch deletes (0.5.8 drops the sm90 kernel), and those paths
+    # are still overlay paths.
+    _, overlay_steps = overlay_patches.split(full, overlay_mod.discover(overlay_root or overlay_mod.OVERLAY_DIR))
     mails = {p.name: p.header for p in full.patches}  # dep3.parse read the mail header with the DEP-3 fields
     dates = [m.date for m in mails.values() if m.date]
     date = max(dates, key=_date_key) if dates else FALLBACK_DATE
@@ -557,22 +558,21 @@ def _edit_change(root: Path, env: dict[str, str], edit: PyprojectEdit) -> Callab
     return change
 
 
-def _publish_objects(scratch: Path, objects_dir: Path) -> list[Path]:
-    """Copy the new loose objects into the repository; returns what was added (for rollback)."""
-    added: list[Path] = []
+def _publish_objects(scratch: Path, objects_dir: Path, added: list[Path]) -> None:
+    """Copy the new loose objects into the repository, appending each path to `added` before it is made: a
+    failure half-way (disk full, Ctrl-C) leaves the rollback the complete list of what to remove."""
     for src in sorted(scratch.glob("??/*")):
         dest = objects_dir / src.parent.name / src.name
         if dest.exists():
             continue
         if not dest.parent.exists():
-            dest.parent.mkdir()
             added.append(dest.parent)
+            dest.parent.mkdir()
         tmp = dest.with_name(dest.name + ".sglang-sage-tmp")
+        added += [tmp, dest]  # tmp is gone once renamed; the rollback tolerates that
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dest)
-        added.append(dest)
-    return added
 
 
 def _rollback(root: Path, ref: str, published: list[Path], written: list[Path], created_out: Path | None) -> None:
@@ -627,7 +627,8 @@ def _self_check(
     _git(tmp, "clone", "-q", "--no-checkout", str(root), str(clone), step=step)
     ident = ["-c", "user.name=sglang-sage", "-c", "user.email=sglang-sage@localhost", "-c", "core.hooksPath=/dev/null"]
     head = _out(root, "rev-parse", ref, step=step)
-    _git(clone, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", head, step="self-check: style")
+    # *ident: hooks off here too (a user's global core.hooksPath post-checkout hook must not run, or fail, in the clone)
+    _git(clone, *ident, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", head, step="self-check: style")
     changed = _out(clone, "diff", "--name-only", "--no-renames", base, head, step="self-check: style").splitlines()
     style = upstream_style.check([clone / f for f in changed if f.endswith(".py")])
     verdict.style_checked, verdict.style_error = style.checked, style.error
