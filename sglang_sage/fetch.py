@@ -97,6 +97,10 @@ def materialize_checkout(whl: Path, dest: Path, tag: str) -> Path:
                 continue
             zf.extract(info, dest / "python")
     _git(dest, "init", "-q")
+    # No automatic gc in the materialized checkout: a detached `git gc --auto` after a later commit keeps running
+    # (gc.pid, gc.log.lock) while the checkout is copied, and the copy fails on the files it removes (seen in CI).
+    _git(dest, "config", "gc.auto", "0")
+    _git(dest, "config", "maintenance.auto", "false")
     _git(dest, "add", "-A")
     _git(dest, "commit", "-q", "-m", f"SGLang {tag} (python sources from the PyPI wheel {whl.name})")
     _git(dest, "tag", tag)

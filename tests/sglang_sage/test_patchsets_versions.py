@@ -352,3 +352,15 @@ def test_materialize_leaves_the_overlay_alone(tmp_path: Path) -> None:
     gone = set(before) - {f.src for f in overlay.discover(out)}
     assert gone == {src for src in before if "sage_attn_sm90" in src} and len(gone) == 5
     assert "sage_attn_sm90" not in (PATCHES_DIR / "0.5.8" / "manifest.toml").read_text()
+
+
+def test_materialized_checkout_never_gcs_in_the_background(checkout_0523: Path) -> None:
+    """A detached auto-gc in the shared checkout raced copies of it (CI: copytree failed on gc.pid/gc.log.lock)."""
+    import subprocess
+
+    def cfg(key: str) -> str:
+        return subprocess.run(
+            ["git", "config", "--local", "--get", key], cwd=checkout_0523, capture_output=True, text=True
+        ).stdout.strip()
+
+    assert cfg("gc.auto") == "0" and cfg("maintenance.auto") == "false"
