@@ -38,14 +38,34 @@ BN = 128
 BM = 128
 
 
-# v3 = the overlay's kernel. To compare with another version in one call, add its header
-# directories here (searched in order; e.g. a `git show <commit>:overlay/...` export) under a new name.
+# v3 = the overlay's kernel. A candidate is a patch against the overlay's kernel.cuh (kept as a diff, not a
+# copy, so that it cannot silently drift from the kernel it modifies); ptx.cuh / wgmma.cuh come from the overlay.
 # v5: v3 with the turn ending after the issue (the conversion and the 16-bit MMA outside it). A "v4" with
 # both Q·Kᵀ halves issued in one turn into separate accumulators was tried and dropped: at head_dim 128 it
 # needs si + sf + o + P (224 registers) live at once, ptxas spills and serializes the wgmma under 240.
-_DEV = Path(__file__).resolve().parent
 # v6: v5 plus a power-of-two query-row scale, which leaves the per-score conversion (one FMA per score).
-KERNEL_DIRS: dict[str, list[Path]] = {"v3": [CSRC], "v5": [_DEV / "v5", CSRC], "v6": [_DEV / "v6", CSRC]}
+_DEV = Path(__file__).resolve().parent
+PATCHES: dict[str, Path] = {"v5": _DEV / "v5.patch", "v6": _DEV / "v6.patch"}
+VERSIONS = ("v3", *PATCHES)
+
+
+def kernel_dirs(version: str, out_dir: Path) -> list[Path]:
+    """Include directories of a version: the overlay's for v3; a patched copy of kernel.cuh first otherwise."""
+    if version == "v3":
+        return [CSRC]
+    src = out_dir / f"src_{version}"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "kernel.cuh").write_bytes((CSRC / "kernel.cuh").read_bytes())
+    patch = PATCHES[version]
+    for cmd in (["patch", "-p1", "-s", "-i", str(patch)], ["git", "apply", "-p1", str(patch)]):
+        try:
+            r = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+        except FileNotFoundError:
+            continue
+        if r.returncode == 0:
+            return [src, CSRC]
+        raise SystemExit(f"{patch.name} no longer applies to {CSRC / 'kernel.cuh'}: {(r.stdout + r.stderr)[-800:]}")
+    raise SystemExit(f"{patch.name}: neither patch nor git is installed to apply it")
 
 
 def build(out_dir: Path, version: str = "v3") -> Path:
@@ -60,7 +80,7 @@ def build(out_dir: Path, version: str = "v3") -> Path:
         "-fPIC",
         "-Xptxas",
         "-v",
-        *[arg for d in KERNEL_DIRS[version] for arg in ("-I", str(d))],
+        *[arg for d in kernel_dirs(version, out_dir) for arg in ("-I", str(d))],
         "-o",
         str(so),
         str(Path(__file__).with_name("capi.cu")),
@@ -615,7 +635,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/sm90_dev"))
     ap.add_argument("--so", default=None)
     ap.add_argument("--desc-mode", type=int, default=0)
-    ap.add_argument("--version", default="v3", choices=sorted(KERNEL_DIRS))
+    ap.add_argument("--version", default="v3", choices=VERSIONS)
     ap.add_argument("--versions", default="v3", help="for 'all': kernel versions to build and compare")
     ap.add_argument("--parts", default="gemm,attn,cut,bench", help="for 'all': which parts")
     ap.add_argument("--ncu", action="store_true", help="for 'all': Nsight Compute sections of the first version")

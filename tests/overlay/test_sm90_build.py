@@ -6,6 +6,7 @@ CI's machines carry nvcc 13.0 (the GPU image's version); the GPU run itself is t
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -27,8 +28,15 @@ def _cuobjdump() -> str:
     return str(path)
 
 
-# the overlay's kernel (v3) and the development harness's candidate (scripts/sage_sm90_dev/dev.py KERNEL_DIRS)
-VERSIONS = {"v3": [CSRC], "v5": [DEV / "v5", CSRC], "v6": [DEV / "v6", CSRC]}
+# the overlay's kernel (v3) and the development harness's candidates (patches: scripts/sage_sm90_dev/dev.py PATCHES)
+VERSIONS = ("v3", "v5", "v6")
+
+
+def _dev():
+    spec = importlib.util.spec_from_file_location("sage_sm90_dev", DEV / "dev.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module", params=sorted(VERSIONS))
@@ -36,7 +44,8 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     nvcc = shutil.which("nvcc")
     assert nvcc, "nvcc not on PATH: the sm90 compile check needs the CUDA compiler (CI machines have nvcc 13.0)"
     so = tmp_path_factory.mktemp("sm90") / f"libsage_sm90_{request.param}.so"
-    includes = [arg for d in VERSIONS[request.param] for arg in ("-I", str(d))]
+    dirs = _dev().kernel_dirs(request.param, so.parent)
+    includes = [arg for d in dirs for arg in ("-I", str(d))]
     cmd = [nvcc, "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared", "-Xcompiler", "-fPIC",
            "-Xptxas", "-v", *includes, "-o", str(so), str(DEV / "capi.cu")]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -83,3 +92,13 @@ def test_generated_wgmma_wrappers_are_current() -> None:
     r = subprocess.run([sys.executable, str(REPO / "scripts/gen_sage_sm90_wgmma.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (CSRC / "wgmma.cuh").read_text(), "run scripts/gen_sage_sm90_wgmma.py > .../wgmma.cuh"
+
+
+def test_a_candidate_patch_that_no_longer_applies_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = _dev()
+    bad = tmp_path / "v9.patch"
+    bad.write_text("--- a/kernel.cuh\n+++ b/kernel.cuh\n@@ -1,1 +1,1 @@\n-no such line in the kernel\n+x\n")
+    monkeypatch.setitem(dev.PATCHES, "v9", bad)
+    with pytest.raises(SystemExit, match="v9.patch no longer applies to"):
+        dev.kernel_dirs("v9", tmp_path / "out")
+    assert dev.kernel_dirs("v3", tmp_path / "out") == [CSRC]
