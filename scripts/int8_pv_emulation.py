@@ -20,23 +20,13 @@ a sink: +8 on every row's score for key 0 (key 0 then takes ~3,000x the weight o
 
 from __future__ import annotations
 
-import math
-
+import attn_emulation as E
 import torch
+from attn_emulation import SCALE, causal_mask, int8_rows
 
-L, D, H, BN = 2048, 128, 4, 128
-SCALE = 1 / math.sqrt(D)
+H, L, D = E.H, E.L, E.D
+BN = 128
 SINK = 8.0
-
-
-def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(H, L, D, dtype=torch.float64) for _ in range(3))
-    return q, k + 2.0 * torch.randn(1, 1, D, dtype=torch.float64), v
-
-
-def causal_mask() -> torch.Tensor:
-    return torch.ones(L, L, dtype=torch.bool).tril()
 
 
 def sink_bias(sink: bool) -> torch.Tensor:
@@ -49,13 +39,7 @@ def sink_bias(sink: bool) -> torch.Tensor:
 def reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: bool
 ) -> torch.Tensor:
-    s = (q @ k.transpose(-1, -2)) * SCALE + sink_bias(sink)
-    return s.masked_fill(~causal_mask(), float("-inf")).softmax(-1) @ v
-
-
-def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
-    return (x / scale).round().clamp(-127, 127), scale
+    return E.reference(q, k, v, sink_bias(sink))
 
 
 def scores(q: torch.Tensor, k: torch.Tensor, sink: bool) -> torch.Tensor:
@@ -108,7 +92,7 @@ def pv_u8_blockmax(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    q, k, v = inputs()
+    q, k, v = E.inputs(torch.float64)
     for sink in (False, True):
         ref = reference(q, k, v, sink)
         s = scores(q, k, sink)

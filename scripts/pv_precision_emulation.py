@@ -8,32 +8,8 @@ L = 2048, d = 128). Why the sm90 kernel keeps P·V in fp16: docs/sm90-kernel.md.
 
 from __future__ import annotations
 
-import math
-
 import torch
-
-L, D, H = 2048, 128, 4
-SCALE = 1 / math.sqrt(D)
-
-
-def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(H, L, D) for _ in range(3))
-    return q, k + 2.0 * torch.randn(1, 1, D), v  # per-channel K offset of 2 sigma
-
-
-def causal_mask() -> torch.Tensor:
-    return torch.ones(L, L, dtype=torch.bool).tril()
-
-
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    s = (q.double() @ k.double().transpose(-1, -2)) * SCALE
-    return s.masked_fill(~causal_mask(), float("-inf")).softmax(-1) @ v.double()
-
-
-def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
-    return (x / scale).round().clamp(-127, 127), scale
+from attn_emulation import SCALE, causal_mask, inputs, int8_rows, reference
 
 
 def fp8(x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +42,18 @@ def scheme(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str) -> torch.
 def main() -> None:
     q, k, v = inputs()
     ref = reference(q, k, v)
-    for pv in ("fp16 P, fp16 V", "FP8 P and V", "FP8 P, 16-bit V", "16-bit P, FP8 V", "u8 P x s8 V"):
+    for pv in (
+        "fp16 P, fp16 V",
+        "FP8 P and V",
+        "FP8 P, 16-bit V",
+        "16-bit P, FP8 V",
+        "u8 P x s8 V",
+    ):
         out = scheme(q, k, v, pv).double()
         rel_l1 = ((out - ref).abs().sum() / ref.abs().sum()).item()
-        cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
+        cos = torch.nn.functional.cosine_similarity(
+            out.flatten(), ref.flatten(), dim=0
+        ).item()
         print(f"{pv:18s} rel L1 {rel_l1:.4f}  cosine {cos:.6f}")
 
 

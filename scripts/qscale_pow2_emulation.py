@@ -12,32 +12,18 @@ q/k/v, K with a 2-sigma per-channel offset, causal, L = 2048, d = 128, NeoX chan
 
 from __future__ import annotations
 
-import math
-
 import torch
+from attn_emulation import SCALE, causal_mask, inputs, reference
 
-L, D, H = 2048, 128, 4
-SCALE = 1 / math.sqrt(D)
-FAST = torch.cat([torch.arange(0, 32), torch.arange(64, 96)])  # NeoX: j < D/4 of both rotary halves
+FAST = torch.cat(
+    [torch.arange(0, 32), torch.arange(64, 96)]
+)  # NeoX: j < D/4 of both rotary halves
 SLOW = torch.cat([torch.arange(32, 64), torch.arange(96, 128)])
 
 
-def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(H, L, D) for _ in range(3))
-    return q, k + 2.0 * torch.randn(1, 1, D), v
-
-
-def causal_mask() -> torch.Tensor:
-    return torch.ones(L, L, dtype=torch.bool).tril()
-
-
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    s = (q.double() @ k.double().transpose(-1, -2)) * SCALE
-    return s.masked_fill(~causal_mask(), float("-inf")).softmax(-1) @ v.double()
-
-
-def scheme(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pow2: bool) -> torch.Tensor:
+def scheme(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pow2: bool
+) -> torch.Tensor:
     k = k - k[:, :64].mean(1, keepdim=True)
     qf, kf = q[..., FAST].bfloat16().float(), k[..., FAST].bfloat16().float()
     r = qf.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
@@ -46,7 +32,9 @@ def scheme(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pow2: bool) -> tor
     ks = kf.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
     ki = (kf / ks).round().clamp(-127, 127)
     s = (qi @ ki.transpose(-1, -2)) * qs * ks.transpose(-1, -2)
-    s = s + q[..., SLOW].bfloat16().float() @ k[..., SLOW].bfloat16().float().transpose(-1, -2)
+    s = s + q[..., SLOW].bfloat16().float() @ k[..., SLOW].bfloat16().float().transpose(
+        -1, -2
+    )
     s = (s * SCALE).masked_fill(~causal_mask(), float("-inf"))
     p = torch.exp(s - s.amax(-1, keepdim=True)).half().float()
     return (p @ v.half().float()) / p.sum(-1, keepdim=True)
@@ -55,10 +43,15 @@ def scheme(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pow2: bool) -> tor
 def main() -> None:
     q, k, v = inputs()
     ref = reference(q, k, v)
-    for name, pow2 in (("row scale amax/127 (v3)", False), ("power-of-two row scale (v6)", True)):
+    for name, pow2 in (
+        ("row scale amax/127 (v3)", False),
+        ("power-of-two row scale (v6)", True),
+    ):
         out = scheme(q, k, v, pow2).double()
         rel_l1 = ((out - ref).abs().sum() / ref.abs().sum()).item()
-        cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
+        cos = torch.nn.functional.cosine_similarity(
+            out.flatten(), ref.flatten(), dim=0
+        ).item()
         print(f"{name:28s} rel L1 {rel_l1:.4f}  cosine {cos:.6f}")
 
 
